@@ -1,0 +1,7 @@
+"""DeRy: Deep Model Reassembly (Yang et al., NeurIPS 2022) in the OpenMMLab style."""
+from .utils.checkpoint import register_safe_globals
+from .version import __version__, version_info
+
+register_safe_globals()
+
+__all__ = ['__version__', 'version_info']

@@ -1,0 +1,3 @@
+from .synthetic import SyntheticImageDataset
+
+__all__ = ['SyntheticImageDataset']

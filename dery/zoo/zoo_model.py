@@ -1,0 +1,212 @@
+"""``ZooModel``: a pretrained network seen as a chain of nodes that can be cut."""
+import copy as _copy
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+
+from .analysis import count_flops, count_params
+from .dissect import (Cut, DissectionError, Stem, _StopForward, build_stem_shell,
+                      convention_of, find_nodes, glue_candidates, trace_units)
+
+FAMILIES = ('cnn', 'vit', 'swin')
+
+
+class ZooModel:
+    """A zoo network, its nodes, and exact cuts between them.
+
+    Args:
+        name (str): zoo name.
+        model (nn.Module): the network (for mmpretrain: its backbone).
+        family (str | None): ``cnn``, ``vit`` or ``swin``; inferred from the
+            node outputs when None.
+        nodes (list[str] | None): explicit node names (``model_zoo.yml``
+            ``nodes`` override); derived from the structure when None.
+        input_size (tuple): ``(C, H, W)`` used to probe shapes and FLOPs.
+        entry: the ``model_zoo.yml`` entry the model came from, if any.
+
+    Tensors between nodes use one layout per family: ``cnn`` ``[B, C, H, W]``,
+    ``vit`` ``[B, N, C]`` with ``num_prefix_tokens`` class/register tokens
+    first, ``swin`` ``[B, H, W, C]``.
+    """
+
+    def __init__(self, name, model, family=None, nodes=None, input_size=(3, 224, 224), entry=None):
+        self.name = name
+        self.model = model
+        self.model.eval()
+        self.entry = entry
+        self.input_size = tuple(int(s) for s in input_size)
+        self.nodes = find_nodes(model, nodes)
+        self._modules = dict(model.named_modules())
+        self._glue = glue_candidates(model, self.nodes)
+        if family is not None and family not in FAMILIES:
+            raise ValueError(f'zoo model {name}: family must be one of {FAMILIES}, got {family!r}')
+        self._family = family
+        self._trace = None
+        self._flops = None
+
+    # ------------------------------------------------------------------ probing
+    def _example(self, batch=2):
+        g = torch.Generator().manual_seed(0)
+        p = next(self.model.parameters(), None)
+        device = p.device if p is not None else torch.device('cpu')
+        return torch.randn((batch, ) + self.input_size, generator=g).to(device)
+
+    def _traced(self):
+        if self._trace is None:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                steps, fired, io = trace_units(self.model, self.nodes, self._glue, self._example())
+            finally:
+                self.model.train(was_training)
+            units = OrderedDict((n, []) for n in self.nodes)
+            for unit, owner in steps:
+                units[owner].append(unit)
+            shapes = {n: (tuple(i.shape[1:]), tuple(o.shape[1:])) for n, (i, o) in io.items()}
+            self._trace = dict(units=units, fired=fired, shapes=shapes)
+        return self._trace
+
+    @property
+    def family(self):
+        if self._family is None:
+            out = self._traced()['shapes'][self.nodes[-1]][1]
+            if len(out) == 2:
+                self._family = 'vit'
+            elif 'swin' in type(self.model).__name__.lower():
+                self._family = 'swin'
+            else:
+                self._family = 'cnn'
+        return self._family
+
+    @property
+    def num_prefix_tokens(self):
+        """Class/register tokens in front of the patch tokens (ViTs), else 0."""
+        if self.family != 'vit':
+            return 0
+        m = self.model
+        for attr in ('num_prefix_tokens', 'num_extra_tokens'):
+            if isinstance(getattr(m, attr, None), int):
+                return getattr(m, attr)
+        return int(any(hasattr(m, a) for a in ('cls_token', 'class_token')))
+
+    def index(self, node):
+        """Index of ``node`` (a name or an int, negative counts from the end)."""
+        if isinstance(node, int):
+            if not -len(self.nodes) <= node < len(self.nodes):
+                raise IndexError(f'{self.name} has {len(self.nodes)} nodes; got index {node}')
+            return node % len(self.nodes)
+        try:
+            return self.nodes.index(node)
+        except ValueError:
+            raise KeyError(f'{self.name} has no node {node!r}; nodes: {self.nodes[0]} .. '
+                           f'{self.nodes[-1]}') from None
+
+    def units(self, node):
+        """Module names run for ``node``: glue attached in front of it, then the node."""
+        return list(self._traced()['units'][self.nodes[self.index(node)]])
+
+    # ------------------------------------------------------------------ cutting
+    def stem(self, copy=False):
+        """``nn.Module``: image -> input of the first node (canonical layout)."""
+        trace = self._traced()
+        first = self.nodes[0]
+        shell = build_stem_shell(self.model, trace['fired'], first,
+                                 convention_of(self._modules[first]))
+        stem = Stem(shell, first)
+        return _copy.deepcopy(stem) if copy else stem
+
+    def cut(self, start, end, copy=False):
+        """``nn.Module`` mapping the input of node ``start`` to the output of ``end``.
+
+        Shares the zoo model's weights unless ``copy=True``.
+        """
+        i, j = self.index(start), self.index(end)
+        if i > j:
+            raise ValueError(f'{self.name}: cut start {self.nodes[i]} comes after end {self.nodes[j]}')
+        names = [u for n in self.nodes[i:j + 1] for u in self.units(n)]
+        cut = Cut([self._modules[u] for u in names], names, self.nodes[i:j + 1], self.family)
+        return _copy.deepcopy(cut) if copy else cut
+
+    # ------------------------------------------------------------------ capture
+    def node_outputs(self, x, nodes=None):
+        """One forward pass; ``OrderedDict`` node -> output (canonical layout).
+
+        The pass stops after the last requested node (the head never runs).
+        """
+        wanted = list(self.nodes) if nodes is None else [self.nodes[self.index(n)] for n in nodes]
+        last = max(self.index(n) for n in wanted)
+        outs, handles = {}, []
+
+        def hook(name):
+
+            def fn(mod, args, output):
+                outs[name] = convention_of(mod).canonical_output(mod, args, output)
+                if name == self.nodes[last]:
+                    raise _StopForward(None)
+            return fn
+
+        for n in set(wanted) | {self.nodes[last]}:
+            handles.append(self._modules[n].register_forward_hook(hook(n)))
+        try:
+            self.model(x)
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return OrderedDict((n, outs[n]) for n in wanted)
+
+    # ------------------------------------------------------------------ sizes
+    def shapes(self, node):
+        """``(input shape, output shape)`` of ``node`` without the batch dim."""
+        return self._traced()['shapes'][self.nodes[self.index(node)]]
+
+    def _unit_params(self, names):
+        return count_params([self._modules[u] for u in names])
+
+    def params(self, start=0, end=-1):
+        """Parameters of the cut ``[start, end]`` (pre-node glue included)."""
+        i, j = self.index(start), self.index(end)
+        return self._unit_params([u for n in self.nodes[i:j + 1] for u in self.units(n)])
+
+    def stem_params(self):
+        return count_params([self.stem()])
+
+    def _flop_table(self):
+        # One jit trace of the whole model: the stem cannot be traced on its own
+        # (it stops the forward with an exception, which breaks jit's scopes).
+        if self._flops is None:
+            by_module = count_flops(self.model, self._example(batch=1), by_module=True)
+            units = {u: by_module.get(u, 0) for n in self.nodes for u in self.units(n)}
+            first = self.nodes[0]
+            ancestors = {'.'.join(first.split('.')[:i]) for i in range(len(first.split('.')))}
+            stem = sum(by_module.get(m, 0) for m in self._traced()['fired']
+                       if m.rpartition('.')[0] in ancestors and m not in ancestors)
+            self._flops = dict(stem=stem, units=units)
+        return self._flops
+
+    def flops(self, start=0, end=-1):
+        """FLOPs (multiply-adds, mmengine's convention) of the cut at ``input_size``."""
+        i, j = self.index(start), self.index(end)
+        table = self._flop_table()['units']
+        return sum(table[u] for n in self.nodes[i:j + 1] for u in self.units(n))
+
+    def stem_flops(self):
+        return self._flop_table()['stem']
+
+    def node_table(self):
+        """One dict per node: name, input/output shapes, params and FLOPs."""
+        rows = []
+        for k, n in enumerate(self.nodes):
+            ins, outs = self.shapes(n)
+            rows.append(dict(index=k, name=n, glue=self.units(n)[:-1], in_shape=list(ins),
+                             out_shape=list(outs), params=self.params(k, k), flops=self.flops(k, k)))
+        return rows
+
+    def __repr__(self):
+        fam = self._family or '?'
+        return f'ZooModel({self.name!r}, {type(self.model).__name__}, family={fam}, nodes={len(self.nodes)})'
+
+
+__all__ = ['ZooModel', 'DissectionError', 'FAMILIES']
