@@ -1,0 +1,198 @@
+"""Stitch layers: map one block's output to the next block's input.
+
+One module covers all nine ordered family pairs (cnn / vit / swin). It works
+in three steps:
+
+1. *to map*: the input becomes ``[B, C_in, H, W]`` (cnn as is; swin
+   ``[B, H, W, C]`` permuted; vit tokens without their prefix tokens reshaped
+   to the patch grid, the prefix tokens kept aside);
+2. *project*: a ``s x s`` convolution with stride ``s`` when the next block
+   wants a map ``s`` times smaller, otherwise (bilinear resampling to the
+   wanted size when it differs, then) a ``1 x 1`` convolution, which on tokens
+   is exactly the linear map transformer->transformer stitches use;
+3. *from map*: back to the next family's layout (swin ``[B, H, W, C]``; vit
+   tokens with prefix tokens in front: the source's prefix tokens through their
+   own linear map when it had them, else the mean of the new patch tokens).
+
+Target sizes are ratios of the probe shapes, so the stitch follows the input
+resolution at run time.
+
+Initialisation: ``random`` (the original DeRy code) or ``lstsq`` (least
+squares on probe features of the two source models, as model-stitching work
+does: Csiszarik et al. 2021, SN-Net). :meth:`StitchLayer.fit` does the fit.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dery.registry import MODELS
+
+FAMILIES = ('cnn', 'vit', 'swin')
+
+
+def _grid(shape, family, prefix):
+    """(channels, H, W) of a canonical per-sample shape."""
+    if family == 'cnn':
+        c, h, w = shape
+    elif family == 'swin':
+        h, w, c = shape
+    else:
+        n, c = shape
+        side = int(round(math.sqrt(n - prefix)))
+        if side * side != n - prefix:
+            raise ValueError(f'vit tokens {n} - {prefix} prefix tokens do not form a square grid')
+        h = w = side
+    return c, h, w
+
+
+@MODELS.register_module()
+class StitchLayer(nn.Module):
+    """Stitch from ``in_family`` output of ``in_shape`` to ``out_family`` input of ``out_shape``.
+
+    Args:
+        in_family, out_family (str): ``cnn``, ``vit`` or ``swin``.
+        in_shape, out_shape (sequence): per-sample canonical shapes at the
+            probe resolution (``[C, H, W]``, ``[N, C]`` or ``[H, W, C]``).
+        in_prefix, out_prefix (int): prefix (class) tokens of vit sides.
+        init (str): ``'lstsq'`` or ``'random'``; ``lstsq`` stays random until
+            :meth:`fit` is called with probe features.
+    """
+
+    def __init__(self, in_family, in_shape, out_family, out_shape, in_prefix=0, out_prefix=0,
+                 init='lstsq'):
+        super().__init__()
+        for fam in (in_family, out_family):
+            if fam not in FAMILIES:
+                raise ValueError(f'stitch family must be one of {FAMILIES}, got {fam!r}')
+        if init not in ('lstsq', 'random'):
+            raise ValueError(f"stitch init must be 'lstsq' or 'random', got {init!r}")
+        self.in_family, self.out_family = in_family, out_family
+        self.in_shape, self.out_shape = [int(s) for s in in_shape], [int(s) for s in out_shape]
+        self.in_prefix = int(in_prefix) if in_family == 'vit' else 0
+        self.out_prefix = int(out_prefix) if out_family == 'vit' else 0
+        self.init = init
+        c_in, h_in, w_in = _grid(self.in_shape, in_family, self.in_prefix)
+        c_out, h_out, w_out = _grid(self.out_shape, out_family, self.out_prefix)
+        self.c_in, self.c_out = c_in, c_out
+        # integer downsampling -> strided conv; anything else -> resample + 1x1
+        self.stride = 1
+        if h_out < h_in and h_in % h_out == 0 and w_in % w_out == 0 and h_in // h_out == w_in // w_out:
+            self.stride = h_in // h_out
+        self.scale = (h_out / h_in, w_out / w_in)
+        self.proj = nn.Conv2d(c_in, c_out, kernel_size=self.stride, stride=self.stride)
+        self.prefix_proj = nn.Linear(c_in, c_out) if (self.in_prefix and self.out_prefix) else None
+
+    # ---------------------------------------------------------------- layout
+    def _to_map(self, x):
+        if self.in_family == 'cnn':
+            return x, None
+        if self.in_family == 'swin':
+            return x.permute(0, 3, 1, 2), None
+        prefix, tokens = x[:, :self.in_prefix], x[:, self.in_prefix:]
+        b, n, c = tokens.shape
+        side = int(round(math.sqrt(int(n))))
+        return tokens.transpose(1, 2).reshape(b, c, side, int(n) // side), prefix
+
+    def _target_hw(self, h, w):
+        h, w = int(h), int(w)  # plain ints under jit tracing too
+        if self.stride > 1:
+            return h // self.stride, w // self.stride
+        return max(1, int(round(h * self.scale[0]))), max(1, int(round(w * self.scale[1])))
+
+    def _resample(self, m):
+        if self.stride > 1:
+            return m
+        th, tw = self._target_hw(*m.shape[-2:])
+        if (th, tw) != tuple(m.shape[-2:]):
+            m = F.interpolate(m, size=(th, tw), mode='bilinear', align_corners=False)
+        return m
+
+    def _from_map(self, m, prefix):
+        if self.out_family == 'cnn':
+            return m
+        if self.out_family == 'swin':
+            return m.permute(0, 2, 3, 1)
+        tokens = m.flatten(2).transpose(1, 2)
+        if not self.out_prefix:
+            return tokens
+        if self.prefix_proj is not None:
+            cls = self.prefix_proj(prefix)
+            if cls.shape[1] != self.out_prefix:
+                cls = cls.mean(1, keepdim=True).expand(-1, self.out_prefix, -1)
+        else:
+            cls = tokens.mean(1, keepdim=True).expand(-1, self.out_prefix, -1)
+        return torch.cat([cls, tokens], dim=1)
+
+    def forward(self, x):
+        m, prefix = self._to_map(x)
+        return self._from_map(self.proj(self._resample(m)), prefix)
+
+    # ---------------------------------------------------------------- fitting
+    @torch.no_grad()
+    def fit(self, x, y, ridge=1e-4, max_rows=50000, seed=0):
+        """Least-squares fit of the projection so that ``self(x)`` ~ ``y``.
+
+        ``x``: source block outputs, ``y``: what the next block received in its
+        own model on the same images (both canonical layout). Ridge-regularised;
+        at most ``max_rows`` spatial positions (seeded subsample).
+        Returns the relative error ``|self(x) - y| / |y|`` after the fit.
+        """
+        m, prefix = self._to_map(x.float())
+        m = self._resample(m)
+        target_map, target_prefix = self._target_map(y.float())
+        s = self.stride
+        # rows: one per output position; columns: the s*s*C_in receptive field
+        cols = F.unfold(m, kernel_size=s, stride=s)  # [B, C_in*s*s, L]
+        rows_x = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        rows_y = target_map.flatten(2).transpose(1, 2).reshape(-1, self.c_out)
+        if rows_x.shape[0] != rows_y.shape[0]:
+            raise ValueError(f'stitch fit: {rows_x.shape[0]} source positions vs {rows_y.shape[0]} '
+                             'target positions; probe features of different resolutions')
+        w, b = self._ridge(rows_x, rows_y, ridge, max_rows, seed)
+        self.proj.weight.copy_(w.reshape(self.c_out, self.c_in, s, s).to(self.proj.weight))
+        self.proj.bias.copy_(b.to(self.proj.bias))
+        if self.prefix_proj is not None and target_prefix is not None:
+            px = prefix.reshape(-1, self.c_in)
+            py = target_prefix[:, :prefix.shape[1]].reshape(-1, self.c_out) \
+                if target_prefix.shape[1] >= prefix.shape[1] else target_prefix.mean(1)
+            if px.shape[0] == py.shape[0]:
+                w, b = self._ridge(px, py, ridge, max_rows, seed)
+                self.prefix_proj.weight.copy_(w.to(self.prefix_proj.weight))
+                self.prefix_proj.bias.copy_(b.to(self.prefix_proj.bias))
+        return self.relative_error(x, y)
+
+    @torch.no_grad()
+    def relative_error(self, x, y):
+        pred = self(x.float())
+        return float((pred - y.float()).norm() / y.float().norm().clamp_min(1e-12))
+
+    def _target_map(self, y):
+        if self.out_family == 'cnn':
+            return y, None
+        if self.out_family == 'swin':
+            return y.permute(0, 3, 1, 2), None
+        prefix, tokens = y[:, :self.out_prefix], y[:, self.out_prefix:]
+        b, n, c = tokens.shape
+        side = int(round(math.sqrt(int(n))))
+        return tokens.transpose(1, 2).reshape(b, c, side, int(n) // side), prefix
+
+    @staticmethod
+    def _ridge(x, y, ridge, max_rows, seed):
+        if x.shape[0] > max_rows:
+            g = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(x.shape[0], generator=g)[:max_rows]
+            x, y = x[idx], y[idx]
+        x64, y64 = x.double(), y.double()
+        mx, my = x64.mean(0), y64.mean(0)
+        xc, yc = x64 - mx, y64 - my
+        gram = xc.T @ xc
+        lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
+        w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), xc.T @ yc)
+        b = my - mx @ w
+        return w.T.contiguous().float(), b.float()
+
+    def extra_repr(self):
+        return (f'{self.in_family}{tuple(self.in_shape)} -> {self.out_family}{tuple(self.out_shape)}, '
+                f'stride={self.stride}, init={self.init}')
