@@ -12,8 +12,7 @@ registered in that registry (and its parents), so a typo is one look away from
 its fix.
 """
 from mmengine.registry import Registry as _MMEngineRegistry
-from mmpretrain.registry import DATASETS as MMPRETRAIN_DATASETS
-from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
+from mmpretrain import registry as mmpretrain_registry
 
 
 class Registry(_MMEngineRegistry):
@@ -52,11 +51,56 @@ class Registry(_MMEngineRegistry):
 
 
 # Neural network modules: ReassembledBackbone, stitch layers, stems.
-MODELS = Registry('model', parent=MMPRETRAIN_MODELS, scope='dery',
+MODELS = Registry('model', parent=mmpretrain_registry.MODELS, scope='dery',
                   locations=['dery.models'])
 # Datasets: mmpretrain's plus DeRy's generated / procedural datasets.
-DATASETS = Registry('dataset', parent=MMPRETRAIN_DATASETS, scope='dery',
+DATASETS = Registry('dataset', parent=mmpretrain_registry.DATASETS, scope='dery',
                     locations=['dery.datasets'])
+
+# With ``default_scope = 'dery'`` the Runner looks for a 'dery' node in every
+# registry tree; these children make mmpretrain's transforms, metrics, hooks...
+# resolve by plain name (without them mmengine falls back to its root registries).
+# Data transforms (mmpretrain's pipelines).
+TRANSFORMS = Registry('transform', parent=mmpretrain_registry.TRANSFORMS, scope='dery')
+# Samplers of the data loaders.
+DATA_SAMPLERS = Registry('data sampler', parent=mmpretrain_registry.DATA_SAMPLERS, scope='dery')
+# Metrics (Accuracy, ...).
+METRICS = Registry('metric', parent=mmpretrain_registry.METRICS, scope='dery')
+# Evaluators.
+EVALUATORS = Registry('evaluator', parent=mmpretrain_registry.EVALUATORS, scope='dery')
+# Hooks (EMA, visualisation, ...).
+HOOKS = Registry('hook', parent=mmpretrain_registry.HOOKS, scope='dery')
+# Training / validation loops.
+LOOPS = Registry('loop', parent=mmpretrain_registry.LOOPS, scope='dery')
+# Optimizers.
+OPTIMIZERS = Registry('optimizer', parent=mmpretrain_registry.OPTIMIZERS, scope='dery')
+# Optimizer wrappers (AMP, gradient clipping).
+OPTIM_WRAPPERS = Registry('optim_wrapper', parent=mmpretrain_registry.OPTIM_WRAPPERS, scope='dery')
+# Optimizer wrapper constructors (paramwise_cfg, layer decay).
+OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor',
+                                      parent=mmpretrain_registry.OPTIM_WRAPPER_CONSTRUCTORS,
+                                      scope='dery')
+# Learning-rate and momentum schedulers.
+PARAM_SCHEDULERS = Registry('parameter scheduler', parent=mmpretrain_registry.PARAM_SCHEDULERS,
+                            scope='dery')
+# Weight initialisers (Pretrained, ...).
+WEIGHT_INITIALIZERS = Registry('weight initializer', parent=mmpretrain_registry.WEIGHT_INITIALIZERS,
+                               scope='dery')
+# Model wrappers (DDP).
+MODEL_WRAPPERS = Registry('model_wrapper', parent=mmpretrain_registry.MODEL_WRAPPERS, scope='dery')
+# Batch augments (Mixup, CutMix).
+BATCH_AUGMENTS = Registry('batch augment', parent=mmpretrain_registry.BATCH_AUGMENTS, scope='dery')
+# Task utilities.
+TASK_UTILS = Registry('task util', parent=mmpretrain_registry.TASK_UTILS, scope='dery')
+# Log processors.
+LOG_PROCESSORS = Registry('log_processor', parent=mmpretrain_registry.LOG_PROCESSORS, scope='dery')
+# Visualizers and their backends.
+VISUALIZERS = Registry('visualizer', parent=mmpretrain_registry.VISUALIZERS, scope='dery')
+VISBACKENDS = Registry('vis_backend', parent=mmpretrain_registry.VISBACKENDS, scope='dery')
+# Runners and their constructors.
+RUNNERS = Registry('runner', parent=mmpretrain_registry.RUNNERS, scope='dery')
+RUNNER_CONSTRUCTORS = Registry('runner constructor', parent=mmpretrain_registry.RUNNER_CONSTRUCTORS,
+                               scope='dery')
 # Zoo adapters: build a pretrained model from timm, mmpretrain, torchvision or a local file.
 ZOO_ADAPTERS = Registry('zoo adapter', scope='dery', locations=['dery.zoo'])
 # Functional similarity metrics between node features (CKA and friends).

@@ -145,6 +145,18 @@ class ReassembledBackbone(BaseModule):
         self.frozen_blocks = sorted({i % n for i in (frozen_blocks or [])})
         self._freeze()
 
+    def init_weights(self):
+        """Only ``init_cfg`` (e.g. ``Pretrained`` assembled_init.pth) is applied.
+
+        Blocks and stems carry zoo weights; their own ``init_weights`` (timm's
+        ViT, mmpretrain's transformer layers) would overwrite them, so the
+        children are not re-initialised. Stitches keep their construction init.
+        """
+        from mmengine.model.weight_init import initialize
+        if self.init_cfg:
+            initialize(self, self.init_cfg)
+        self._is_init = True
+
     # ---------------------------------------------------------------- train
     def _freeze(self):
         for i in self.frozen_blocks:
@@ -173,23 +185,20 @@ class ReassembledBackbone(BaseModule):
 
     # ---------------------------------------------------------------- stitches
     @torch.no_grad()
-    def fit_stitches(self, zoo_models, images, batch_size=16):
+    def fit_stitches(self, zoo_models, images, batch_size=16, features=None):
         """Least-squares fit of every stitch on probe ``images``.
 
         ``zoo_models``: name -> :class:`~dery.zoo.ZooModel` (pretrained, as the
         blocks). For the stitch into block k the source is block k-1's output in
         its own model and the target is what block k's first node receives in
-        its own model, both on the same images. Returns the relative errors.
+        its own model, both on the same images. ``features`` (from
+        :func:`dery.apis.assemble.stitch_features`) skips the forward passes.
+        Returns the relative errors.
         """
-        feats = {}
-        for name in {s['model'] for s in self.specs}:
-            zm = zoo_models[name]
-            outs, ins = [], []
-            for chunk in images.split(batch_size):
-                outs.append(zm.node_outputs(chunk))
-                ins.append(zm.stem()(chunk))
-            feats[name] = dict(outs={n: torch.cat([o[n] for o in outs]) for n in zm.nodes},
-                               stem=torch.cat(ins), nodes=zm.nodes)
+        if features is None:
+            from dery.apis.assemble import stitch_features
+            features = stitch_features(zoo_models, {s['model'] for s in self.specs}, images, batch_size)
+        feats = features
         errors = []
         for k, stitch in enumerate(self.stitches, start=1):
             if not isinstance(stitch, StitchLayer):

@@ -1,0 +1,7 @@
+"""Python entry points of the three stages (notebooks, tools, tests)."""
+from .assemble import AssemblyError, assemble, backbone_cfg
+from .common import build_zoo, work_dir_of, zoo_entries
+from .partition import partition, partition_table
+
+__all__ = ['assemble', 'partition', 'partition_table', 'AssemblyError', 'backbone_cfg', 'build_zoo',
+           'work_dir_of', 'zoo_entries']

@@ -1,0 +1,80 @@
+"""What the command-line tools share: arguments, config loading, distributed set-up."""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+
+
+def stage_parser(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('config', help='DeRy config file')
+    p.add_argument('--work-dir', help='the dir to save outputs (default: work_dirs/<config stem>)')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override settings in the config, key=value (e.g. partitioner.restarts=50)')
+    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                   help='job launcher')
+    p.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return p
+
+
+def check_cfg_options(cfg, options):
+    """Refuse ``--cfg-options`` keys that name nothing in the config (typos)."""
+    for key in options or {}:
+        node, parts = cfg._cfg_dict, key.split('.')
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise SystemExit(f"error: --cfg-options {key}: '{'.'.join(parts[:i + 1])}' is not in the "
+                                 f'config; check the key path (top-level keys: {", ".join(sorted(cfg.keys()))})')
+
+
+def load_config(args):
+    if not osp.isfile(args.config):
+        raise SystemExit(f'error: config file not found: {args.config}')
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        check_cfg_options(cfg, args.cfg_options)
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    elif not cfg.get('work_dir'):
+        cfg.work_dir = osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return cfg
+
+
+def setup_dist(cfg, launcher):
+    """Initialise torch.distributed for ``launcher`` (gloo on CPU)."""
+    if launcher == 'none':
+        return
+    import torch
+    from mmengine.dist import init_dist, is_distributed
+    if is_distributed():
+        return
+    backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend', 'nccl')
+    if not torch.cuda.is_available():
+        backend = 'gloo'
+    timeout = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout', 120)
+    import datetime
+    try:
+        init_dist(launcher, backend=backend, timeout=datetime.timedelta(seconds=timeout))
+    except Exception as e:  # noqa: BLE001 - rendezvous failures of all kinds
+        addr = os.environ.get('MASTER_ADDR', '?')
+        port = os.environ.get('MASTER_PORT', '?')
+        raise SystemExit(f'error: could not join the distributed job at {addr}:{port} ({type(e).__name__}: '
+                         f'{str(e).splitlines()[0][:160]}); check MASTER_ADDR/MASTER_PORT and that rank 0 '
+                         'is reachable') from None
+
+
+def logger_for(cfg, stage):
+    from mmengine.logging import MMLogger
+    os.makedirs(cfg.work_dir, exist_ok=True)
+    import time
+    stamp = time.strftime('%Y%m%d_%H%M%S')
+    return MMLogger.get_instance('dery', logger_name='dery',
+                                 log_file=osp.join(cfg.work_dir, f'{stage}_{stamp}.log'))
