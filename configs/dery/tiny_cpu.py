@@ -4,7 +4,7 @@ _base_ = ['../_base_/zoo/tiny_cpu.py', '../_base_/default_runtime.py']
 
 num_classes = 4
 data_preprocessor = dict(
-    num_classes=num_classes, mean=[127.5, 127.5, 127.5], std=[64.0, 64.0, 64.0], to_rgb=False)
+    type='ClsDataPreprocessor', num_classes=num_classes, mean=[127.5, 127.5, 127.5], std=[64.0, 64.0, 64.0], to_rgb=False)
 
 # ---------------------------------------------------------------- stage 1: similarity
 probe = dict(
@@ -40,7 +40,7 @@ train_dataloader = dict(
     batch_size=16, num_workers=0,
     dataset=dict(type='SyntheticImageDataset', num_samples=128, num_classes=num_classes, image_size=32,
                  seed=1, split='train', pipeline=train_pipeline),
-    sampler=dict(type='DefaultSampler', shuffle=True))
+    sampler=dict(type='InfiniteSampler', shuffle=True))
 val_dataloader = dict(
     batch_size=32, num_workers=0,
     dataset=dict(type='SyntheticImageDataset', num_samples=64, num_classes=num_classes, image_size=32,

@@ -374,3 +374,36 @@ def assembly_table(record):
         t.add_row(str(k), b['model'], b['family'], f'{b["start"]} .. {b["end"]}', str(b['set']),
                   human(b['params']), human(b['flops']), stitch)
     return t
+
+
+def resolve_model_cfg(cfg, work_dir=None):
+    """Point ``backbone=dict(type='ReassembledBackbone', assembly='auto')`` at the work dir's assembly.
+
+    ``assembly`` may be ``'auto'`` (``WORK_DIR/assembly.json``) or a path to an
+    ``assembly.json``; the backbone then builds that architecture and loads
+    ``assembled_init.pth`` beside it. A head with ``in_channels='auto'`` gets the
+    assembly's output channels. Returns True when the config used an assembly.
+    """
+    bb = cfg.model.get('backbone') or {}
+    if bb.get('type') != 'ReassembledBackbone' or not bb.get('assembly'):
+        return False
+    path = bb['assembly']
+    work_dir = work_dir or cfg.work_dir
+    if path == 'auto':
+        path = osp.join(work_dir, 'assembly.json')
+    if not osp.isfile(path):
+        raise AssemblyError(f'{path} not found; run tools/assemble.py first (tools/train.py does it for you)')
+    record = load_json(path, 'assembly file')
+    for key in ('blocks', 'zoo', 'input_size', 'out_channels'):
+        if key not in record:
+            raise AssemblyError(f'{path} has no `{key}`; it was edited or written by another version. '
+                                'Delete it and rerun tools/assemble.py')
+    new_bb = backbone_cfg(record, osp.dirname(osp.abspath(path)), frozen_blocks=bb.get('frozen_blocks', False))
+    for key in ('out_indices', 'out_norm'):
+        if key in bb:
+            new_bb[key] = bb[key]
+    cfg.model.backbone = new_bb
+    head = cfg.model.get('head')
+    if head is not None and head.get('in_channels') in ('auto', None):
+        head.in_channels = record['out_channels']
+    return True
