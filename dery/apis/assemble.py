@@ -210,6 +210,51 @@ def _blocks_of(ids, tables):
             for i in ids]
 
 
+class AssemblyContext:
+    """Everything a solver run needs: the problem (measured tables) and the proxy score function.
+
+    Built once per config; ``score_fn(candidate_ids)`` builds the candidate
+    network from the zoo's weights, fits its stitches and scores it with the
+    whole-model proxy on seeded target batches. Benchmarks run several solvers
+    on one context.
+    """
+
+    def __init__(self, cfg, work_dir, zoo, part, entries):
+        self.cfg, self.zoo, self.part, self.entries = cfg, zoo, part, entries
+        opts = dict(stem='source', stitch_init='lstsq', stitch_samples=64)
+        opts.update(_plain(cfg.get('assembly', {})))
+        self.opts = opts
+        self.input_size = zoo.input_size
+        self.proxy_cfg = _plain(cfg.proxy)
+        self.proxy = PROXIES.build(self.proxy_cfg)
+        target = _plain(cfg.target)
+        dataset = DATASETS.build(target['dataset'])
+        preprocess = target.get('data_preprocessor') or _plain(cfg.get('data_preprocessor'))
+        if preprocess is not None:
+            preprocess = dict(preprocess)
+            preprocess.setdefault('type', 'ClsDataPreprocessor')
+        p = self.proxy
+        self.batches = sample_batches(dataset, p.num_batches, p.batch_size, p.seed, preprocess=preprocess)
+        images = torch.cat([b[0] for b in self.batches])
+        self.tables = AssemblyTables(part, zoo, _plain(cfg.model))
+        self.scores = naswot_block_scores(part, zoo, images, seed=p.seed)
+        self.problem = self.tables.problem(cfg.constraints, self.scores)
+        self.features = stitch_features(zoo, list(entries), images[:int(opts['stitch_samples'])]) \
+            if opts['stitch_init'] == 'lstsq' else None
+
+    def blocks(self, ids):
+        return _blocks_of(ids, self.tables)
+
+    def build(self, ids):
+        torch.manual_seed(self.proxy.seed)  # a random stitch init is part of the candidate
+        return build_classifier(self.blocks(ids), self.zoo, self.cfg, self.input_size, self.opts['stitch_init'],
+                                self.opts['stem'], self.features)
+
+    def score_fn(self, ids):
+        model, _, _ = self.build(ids)
+        return self.proxy.score(model, self.batches)
+
+
 def assemble(cfg, work_dir=None, launcher='none', force=False, zoo=None):
     """Solve the reassembly; write assembly.json, assembled.py, assembled_init.pth."""
     from .partition import partition as run_partition
@@ -234,42 +279,14 @@ def assemble(cfg, work_dir=None, launcher='none', force=False, zoo=None):
             logger.info(f'assemble: reusing {out_path}')
             return existing
     t0 = time.perf_counter()
-    opts = dict(stem='source', stitch_init='lstsq', stitch_samples=64)
-    opts.update(_plain(cfg.get('assembly', {})))
-    input_size = zoo.input_size
-
-    # target batches for the proxies (seeded subset of the target data)
-    proxy_cfg = _plain(cfg.proxy)
-    proxy = PROXIES.build(proxy_cfg)
-    target = _plain(cfg.target)
-    dataset = DATASETS.build(target['dataset'])
-    preprocess = target.get('data_preprocessor') or _plain(cfg.get('data_preprocessor'))
-    if preprocess is not None:
-        preprocess = dict(preprocess)
-        preprocess.setdefault('type', 'ClsDataPreprocessor')
-    batches = sample_batches(dataset, proxy.num_batches, proxy.batch_size, proxy.seed, preprocess=preprocess)
-    images = torch.cat([b[0] for b in batches])
-    stitch_images = images[:int(opts['stitch_samples'])]
-
-    tables = AssemblyTables(part, zoo, _plain(cfg.model))
-    scores = naswot_block_scores(part, zoo, images, seed=proxy.seed)
-    problem = tables.problem(cfg.constraints, scores)
-    feats = stitch_features(zoo, list(entries), stitch_images) if opts['stitch_init'] == 'lstsq' else None
-
-    def score_fn(ids):
-        torch.manual_seed(proxy.seed)  # random stitch init is part of the candidate
-        model, _, _ = build_classifier(_blocks_of(ids, tables), zoo, cfg, input_size, opts['stitch_init'],
-                                       opts['stem'], feats)
-        return proxy.score(model, batches)
-
+    ctx = AssemblyContext(cfg, work_dir, zoo, part, entries)
+    problem, tables, proxy, opts = ctx.problem, ctx.tables, ctx.proxy, ctx.opts
     solver = SOLVERS.build(_plain(cfg.solver))
-    result = solver.solve(problem, score_fn=score_fn)
+    result = solver.solve(problem, score_fn=ctx.score_fn)
     best = result.best
-    blocks = _blocks_of(best.candidate_ids, tables)
-    torch.manual_seed(proxy.seed)
-    model, channels, errors = build_classifier(blocks, zoo, cfg, input_size, opts['stitch_init'], opts['stem'],
-                                               feats)
-    params, flops = model_complexity(model, input_size)
+    blocks = ctx.blocks(best.candidate_ids)
+    model, channels, errors = ctx.build(best.candidate_ids)
+    params, flops = model_complexity(model, ctx.input_size)
     if (params, flops) != (best.params, best.flops):
         logger.warning(f'assemble: measured params/FLOPs {params}/{flops} differ from the tables '
                        f'{best.params}/{best.flops}')
@@ -292,21 +309,20 @@ def assemble(cfg, work_dir=None, launcher='none', force=False, zoo=None):
         blocks=[dict(b, set=tables.by_id[i].set, position=tables.by_id[i].position,
                      family=zoo[b['model']].family, params=tables.by_id[i].params, flops=tables.by_id[i].flops)
                 for b, i in zip(blocks, best.candidate_ids)],
-        stitches=stitches, stem=opts['stem'], input_size=list(input_size), out_channels=int(channels),
+        stitches=stitches, stem=opts['stem'], input_size=list(ctx.input_size), out_channels=int(channels),
         params=int(params), flops=int(flops),
-        proxy=dict(type=proxy_cfg['type'], score=best.proxy_score, num_batches=proxy.num_batches,
+        proxy=dict(type=ctx.proxy_cfg['type'], score=best.proxy_score, num_batches=proxy.num_batches,
                    batch_size=proxy.batch_size, seed=proxy.seed),
         constraints=_plain(cfg.constraints),
         solver=dict(type=result.solver or cfg.solver['type'], status=result.status,
                     seconds=round(result.seconds, 3), num_proxy_evals=result.num_proxy_evals,
                     info=result.info),
         candidates=[a.to_dict(problem) for a in result.ranked],
-        surrogate=dict(type='naswot_block_logdet', scores={k: round(v, 6) for k, v in sorted(scores.items())}),
+        surrogate=dict(type='naswot_block_logdet', scores={k: round(v, 6) for k, v in sorted(ctx.scores.items())}),
         zoo={name: entries[name].to_dict() for name in used},
         seed=proxy.seed, config_stamp=stamp, seconds=round(time.perf_counter() - t0, 3))
-    torch.save(dict(state_dict=model.state_dict(), meta=dict(dery='assembled_init', blocks=blocks)),
-               _tmp := osp.join(work_dir, '.assembled_init.pth.tmp'))
-    os.replace(_tmp, osp.join(work_dir, 'assembled_init.pth'))
+    with atomic_write(osp.join(work_dir, 'assembled_init.pth'), 'wb') as f:
+        torch.save(dict(state_dict=model.state_dict(), meta=dict(dery='assembled_init', blocks=blocks)), f)
     with atomic_write(osp.join(work_dir, 'assembled.py'), 'w') as f:
         f.write(assembled_config_text(cfg, record, work_dir))
     atomic_save_json(record, out_path)

@@ -114,6 +114,8 @@ class ZooModel:
         shell = build_stem_shell(self.model, trace['fired'], first,
                                  convention_of(self._modules[first]))
         stem = Stem(shell, first)
+        if self._flops is not None:
+            stem.flops = self._flops['stem']
         return _copy.deepcopy(stem) if copy else stem
 
     def cut(self, start, end, copy=False):
