@@ -69,7 +69,7 @@ METRICS = Registry('metric', parent=mmpretrain_registry.METRICS, scope='dery')
 # Evaluators.
 EVALUATORS = Registry('evaluator', parent=mmpretrain_registry.EVALUATORS, scope='dery')
 # Hooks (EMA, visualisation, ...).
-HOOKS = Registry('hook', parent=mmpretrain_registry.HOOKS, scope='dery')
+HOOKS = Registry('hook', parent=mmpretrain_registry.HOOKS, scope='dery', locations=['dery.engine'])
 # Training / validation loops.
 LOOPS = Registry('loop', parent=mmpretrain_registry.LOOPS, scope='dery')
 # Optimizers.

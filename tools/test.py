@@ -15,7 +15,7 @@ from mmengine.runner import Runner
 
 import dery  # noqa: F401
 from dery.apis import resolve_model_cfg
-from dery.apis.cli import check_cfg_options
+from dery.apis.cli import add_check_hooks, check_cfg_options, check_data_roots
 
 
 def parse_args():
@@ -48,6 +48,8 @@ def main():
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    check_data_roots(cfg)
+    add_check_hooks(cfg)
     resolve_model_cfg(cfg, cfg.work_dir)
     # the trained checkpoint holds every weight: skip loading assembled_init.pth
     cfg.model.backbone.pop('init_cfg', None)

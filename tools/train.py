@@ -16,7 +16,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import dery  # noqa: F401  (safe checkpoint loading, registries)
-from dery.apis.cli import check_cfg_options, setup_dist
+from dery.apis.cli import add_check_hooks, check_cfg_options, check_data_roots, setup_dist
 
 
 def parse_args():
@@ -95,6 +95,8 @@ def main():
         raise SystemExit(f'error: config file not found: {args.config}')
     cfg = Config.fromfile(args.config)
     cfg = merge_args(cfg, args)
+    check_data_roots(cfg)
+    add_check_hooks(cfg)
     prepare_dery_stages(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
     runner.train()

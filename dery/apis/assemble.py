@@ -30,7 +30,7 @@ from dery.models.backbone import _to_nchw
 from dery.proxies import sample_batches
 from dery.registry import DATASETS, MODELS, PROXIES, SOLVERS
 from dery.solvers.problem import AssemblyProblem, Candidate
-from dery.utils import atomic_save_json, atomic_write, get_logger, load_json
+from dery.utils import atomic_save_json, atomic_write, get_logger, load_json, record_timings
 from dery.zoo.analysis import count_flops, count_params
 from .common import _plain, as_config, build_zoo, work_dir_of, zoo_entries
 
@@ -315,12 +315,15 @@ def assemble(cfg, work_dir=None, launcher='none', force=False, zoo=None):
                    batch_size=proxy.batch_size, seed=proxy.seed),
         constraints=_plain(cfg.constraints),
         solver=dict(type=result.solver or cfg.solver['type'], status=result.status,
-                    seconds=round(result.seconds, 3), num_proxy_evals=result.num_proxy_evals,
-                    info=result.info),
+                    num_proxy_evals=result.num_proxy_evals,
+                    info={k: v for k, v in result.info.items() if 'second' not in k}),
         candidates=[a.to_dict(problem) for a in result.ranked],
         surrogate=dict(type='naswot_block_logdet', scores={k: round(v, 6) for k, v in sorted(ctx.scores.items())}),
         zoo={name: entries[name].to_dict() for name in used},
-        seed=proxy.seed, config_stamp=stamp, seconds=round(time.perf_counter() - t0, 3))
+        seed=proxy.seed, config_stamp=stamp)
+    record_timings(work_dir, 'assemble', solver_seconds=round(result.seconds, 3),
+                   total_seconds=round(time.perf_counter() - t0, 3),
+                   **{k: v for k, v in result.info.items() if 'second' in k})
     with atomic_write(osp.join(work_dir, 'assembled_init.pth'), 'wb') as f:
         torch.save(dict(state_dict=model.state_dict(), meta=dict(dery='assembled_init', blocks=blocks)), f)
     with atomic_write(osp.join(work_dir, 'assembled.py'), 'w') as f:
@@ -378,7 +381,7 @@ def assembly_table(record):
     title = (f'DeRy assembly: {human(record["params"])} params (budget {cons.get("params")}), '
              f'{human(record["flops"])} FLOPs (budget {cons.get("flops")}), proxy '
              f'{record["proxy"]["type"]} {record["proxy"]["score"]:.3f}; solver {record["solver"]["type"]} '
-             f'{record["solver"]["status"]} in {record["solver"]["seconds"]:.2f}s, '
+             f'{record["solver"]["status"]}, '
              f'{record["solver"]["num_proxy_evals"]} proxy evals')
     t = Table(title=title)
     for col in ('stage', 'model', 'family', 'nodes', 'set', 'params', 'FLOPs', 'stitch in'):

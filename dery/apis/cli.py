@@ -78,3 +78,27 @@ def logger_for(cfg, stage):
     stamp = time.strftime('%Y%m%d_%H%M%S')
     return MMLogger.get_instance('dery', logger_name='dery',
                                  log_file=osp.join(cfg.work_dir, f'{stage}_{stamp}.log'))
+
+
+def check_data_roots(cfg):
+    """A data set whose ``data_root`` is missing: one line naming it, before anything runs."""
+    import os.path as osp
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(key)
+        if not loader or not loader.get('dataset'):
+            continue
+        ds = loader['dataset']
+        while isinstance(ds, dict) and 'dataset' in ds and 'data_root' not in ds:
+            ds = ds['dataset']  # wrappers (RepeatDataset, ...)
+        root = ds.get('data_root') if isinstance(ds, dict) else None
+        if root and not osp.isdir(root):
+            raise SystemExit(
+                f"error: {key}.dataset ({ds.get('type')}) data_root '{root}' does not exist; put the data "
+                f'set there (see configs/dery/README.md, "Data") or point {key}.dataset.data_root at it')
+
+
+def add_check_hooks(cfg):
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(h.get('type') == 'DataCheckHook' for h in hooks):
+        hooks.append(dict(type='DataCheckHook'))
+    cfg.custom_hooks = hooks

@@ -6,7 +6,7 @@ import time
 import torch.distributed as dist
 
 from dery.registry import PARTITIONERS
-from dery.utils import atomic_save_json, get_logger, load_json
+from dery.utils import atomic_save_json, get_logger, load_json, record_timings
 from .common import as_config, build_zoo, work_dir_of, zoo_entries
 
 
@@ -56,7 +56,9 @@ def partition(cfg, work_dir=None, launcher='none', force=False, zoo=None):
         result = partitioner.partition(sim.nodes, sim.matrices, node_params=node_params,
                                        similarity_type=sim.type)
         result['config_stamp'] = stamp
-        result['seconds_total'] = round(time.perf_counter() - t0, 3)
+        timing = {k: result.pop(k) for k in ('seconds', 'restart_seconds') if k in result}
+        record_timings(work_dir, 'partition', similarity_seconds=round(getattr(sim, 'seconds', 0.0), 3),
+                       total_seconds=round(time.perf_counter() - t0, 3), **timing)
         atomic_save_json(result, out_path)
         plot_partition(result, osp.join(work_dir, 'partition.png'))
         logger.info(f'partition: wrote {out_path} (objective {result["objective"]:.4f})')

@@ -83,3 +83,21 @@ def safe_torch_load(path, map_location='cpu', allow_pickle=False):
         raise RuntimeError(
             f'checkpoint {path} is truncated or corrupt ({type(e).__name__}: {msg}); '
             'download it again.') from None
+
+
+def record_timings(work_dir, stage, **values):
+    """Merge wall-clock figures of ``stage`` into ``WORK_DIR/timings.json``.
+
+    Timings live beside, not inside, ``partition.json`` and ``assembly.json``
+    so that those stay byte-identical for the same config and seed.
+    """
+    path = osp.join(work_dir, 'timings.json')
+    data = {}
+    if osp.isfile(path):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            data = {}
+    data[stage] = values
+    atomic_save_json(data, path, sort_keys=True)

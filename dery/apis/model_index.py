@@ -1,0 +1,234 @@
+"""DeRy's benchmark records (``model-index.yml``) and ``get_model``, as in mmpretrain.
+
+``model-index.yml`` (repository root) imports ``configs/dery/metafile.yml``; each
+model there is named after its config (mmpretrain's rule) and carries the config
+path, its budget, measured params/FLOPs where a run measured them, and results
+(the paper's figures are marked ``(paper)``)::
+
+    from dery.apis import get_model, list_models
+
+    list_models('*_cub')                     # names, as in the metafile
+    model = get_model('dery-k4-10m-3g_8xb32-ft-20k_cub',
+                      assembly='work_dirs/dery-k4-10m-3g_8xb32-ft-20k_cub')
+    model = get_model('configs/dery/tiny_cpu.py', assembly='work_dirs/tiny_cpu',
+                      pretrained=True)       # the work dir's trained checkpoint
+
+A DeRy model's architecture is the result of the search (``assembly.json``), so
+building one needs the assembly: ``assembly=`` (a work dir or an
+``assembly.json``), else ``work_dirs/<name>/assembly.json`` when it exists.
+``pretrained=False`` (default) builds with random weights and reads no weights;
+``True`` loads the record's ``Weights`` when it has any, else the work dir's
+latest training checkpoint, else the assembled initial weights
+(``assembled_init.pth``: zoo blocks and fitted stitches, untrained head); a
+string is a checkpoint path or URL.
+"""
+import copy
+import fnmatch
+import os
+import os.path as osp
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import yaml
+from mmengine.config import Config
+
+__all__ = ['ModelInfo', 'default_model_index', 'load_model_index', 'list_models', 'get_model_info',
+           'get_model', 'find_assembly']
+
+
+@dataclass
+class ModelInfo:
+    """One model of the index (a ``Models`` entry of a metafile)."""
+    name: str
+    config: Optional[str]          # absolute path
+    weights: Optional[str] = None
+    collection: Optional[str] = None
+    metadata: Dict = field(default_factory=dict)
+    results: List = field(default_factory=list)
+    metafile: Optional[str] = None
+
+
+def default_model_index():
+    """``$DERY_MODEL_INDEX``, else the ``model-index.yml`` of the source checkout."""
+    env = os.environ.get('DERY_MODEL_INDEX')
+    if env:
+        return env
+    return osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'model-index.yml'))
+
+
+def _read_yaml(path, what):
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{what} not found: {path}')
+    with open(path, encoding='utf-8') as f:
+        data = yaml.safe_load(f)
+    return data or {}
+
+
+def load_model_index(path=None):
+    """``{lower-case name: ModelInfo}`` from a ``model-index.yml`` (or one metafile)."""
+    path = osp.abspath(path or default_model_index())
+    root = osp.dirname(path)
+    index = _read_yaml(path, 'model index')
+    metafiles = [osp.join(root, p) for p in index.get('Import', [])] if 'Import' in index else [path]
+    models = {}
+    for meta_path in metafiles:
+        meta = _read_yaml(meta_path, 'metafile')
+        for entry in meta.get('Models') or []:
+            name = entry['Name']
+            key = name.lower()
+            if key in models:
+                raise ValueError(f"model name '{name}' appears twice ({models[key].metafile} and {meta_path})")
+            config = entry.get('Config')
+            if config and not osp.isabs(config):
+                # mmpretrain's rule: paths are relative to the model index's folder
+                config = osp.join(root, config)
+            models[key] = ModelInfo(name=name, config=config, weights=entry.get('Weights'),
+                                    collection=entry.get('In Collection'),
+                                    metadata=dict(entry.get('Metadata') or {}),
+                                    results=list(entry.get('Results') or []), metafile=meta_path)
+    return models
+
+
+def list_models(pattern=None, model_index=None):
+    """Names in the index, optionally filtered by a shell-style ``pattern``."""
+    names = sorted(info.name for info in load_model_index(model_index).values())
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n.lower(), pattern.lower())]
+    return names
+
+
+def get_model_info(name, model_index=None):
+    """The :class:`ModelInfo` of ``name`` (case-insensitive)."""
+    models = load_model_index(model_index)
+    info = models.get(name.lower())
+    if info is None:
+        import difflib
+        close = difflib.get_close_matches(name.lower(), list(models), n=3)
+        hint = f"; did you mean {', '.join(models[c].name for c in close)}?" if close else ''
+        raise ValueError(f"no model '{name}' in the model index{hint} (dery.apis.list_models() lists them)")
+    return info
+
+
+def find_assembly(assembly=None, name=None):
+    """The ``assembly.json`` to build from: ``assembly`` (a file or a work dir), else
+    ``work_dirs/<name>/assembly.json`` when it exists; None when there is none."""
+    if assembly is not None:
+        path = osp.join(assembly, 'assembly.json') if osp.isdir(assembly) else assembly
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'assembly not found: {path} (give a work dir holding assembly.json, '
+                                    'or the assembly.json itself)')
+        return path
+    if name:
+        path = osp.join('work_dirs', name, 'assembly.json')
+        if osp.isfile(path):
+            return path
+    return None
+
+
+def _latest_checkpoint(work_dir):
+    marker = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(marker):
+        with open(marker, encoding='utf-8') as f:
+            path = f.read().strip()
+        if path and not osp.isabs(path):
+            path = osp.join(work_dir, path)
+        if path and osp.isfile(path):
+            return path
+    return None
+
+
+def get_model(model, pretrained=False, assembly=None, device=None, model_index=None, **kwargs):
+    """Build a DeRy model from its metafile name, a config path or a Config.
+
+    Args:
+        model (str | Config): a name from the model index (see :func:`list_models`),
+            a config file, or a Config.
+        pretrained (bool | str): False: random weights, nothing read. True: the
+            record's ``Weights``, else the latest checkpoint of the assembly's work
+            dir, else its ``assembled_init.pth``. A string: a checkpoint path or URL.
+        assembly (str | None): a work dir holding ``assembly.json``, or the file.
+            Default: ``work_dirs/<name>/assembly.json`` when it exists.
+        device (str | torch.device | None): move the model there.
+        model_index (str | None): another ``model-index.yml`` or metafile.
+        **kwargs: merged into the ``model`` config (as mmpretrain's ``get_model``).
+
+    Returns:
+        The built ``mmpretrain`` ``ImageClassifier`` (eval mode), with ``_config``
+        set to its config.
+    """
+    from mmengine.registry import DefaultScope
+
+    from dery.registry import MODELS
+    from dery.utils import get_logger
+    from .assemble import resolve_model_cfg
+
+    info, name = None, None
+    if isinstance(model, Config):
+        cfg = copy.deepcopy(model)
+        name = osp.splitext(osp.basename(cfg.filename))[0] if cfg.filename else None
+    elif isinstance(model, (str, os.PathLike)) and str(model).endswith('.py'):
+        cfg = Config.fromfile(str(model))
+        name = osp.splitext(osp.basename(str(model)))[0]
+    elif isinstance(model, str):
+        info = get_model_info(model, model_index)
+        if not info.config or not osp.isfile(info.config):
+            raise FileNotFoundError(f"the config of '{info.name}' is missing: {info.config}")
+        cfg = Config.fromfile(info.config)
+        name = info.name
+    else:
+        raise TypeError(f'model must be a name, a config path or a Config, got {type(model).__name__}')
+
+    if kwargs:
+        cfg.merge_from_dict({'model': kwargs})
+    bb = cfg.model.get('backbone') or {}
+    work_dir = None
+    if bb.get('type') == 'ReassembledBackbone' and bb.get('assembly'):
+        path = bb['assembly'] if bb['assembly'] != 'auto' else None
+        path = find_assembly(assembly if assembly is not None else path, name)
+        if path is None:
+            cfg_hint = info.config if info else (cfg.filename or 'CONFIG')
+            raise FileNotFoundError(
+                f"'{name}' is a DeRy config: its architecture is the result of the search, and no "
+                f'assembly.json was found (looked in work_dirs/{name}/). Run `python tools/assemble.py '
+                f'{cfg_hint}` (tools/train.py does it too), or pass assembly=WORK_DIR or the path of an '
+                'assembly.json')
+        work_dir = osp.dirname(osp.abspath(path))
+        bb['assembly'] = path
+        resolve_model_cfg(cfg, work_dir)
+    elif assembly is not None:
+        raise ValueError(f"'{name}' does not build a ReassembledBackbone from an assembly; "
+                         'assembly= does not apply')
+
+    checkpoint = None
+    backbone = cfg.model.get('backbone') or {}
+    if pretrained is True:
+        if info is not None and info.weights:
+            checkpoint = info.weights
+        elif work_dir is not None:
+            checkpoint = _latest_checkpoint(work_dir)
+            if checkpoint is None:
+                get_logger().warning(f'get_model: no training checkpoint in {work_dir}; loading the assembled '
+                                     'initial weights (zoo blocks, fitted stitches, untrained head)')
+        else:
+            raise ValueError(f"no weights are known for '{name}'; pass pretrained=PATH")
+    elif isinstance(pretrained, (str, os.PathLike)):
+        checkpoint = str(pretrained)
+    elif pretrained is not False and pretrained is not None:
+        raise TypeError(f'pretrained must be a bool or a checkpoint path, got {pretrained!r}')
+    use_init = pretrained is True and checkpoint is None and work_dir is not None
+    if not use_init:
+        backbone.pop('init_cfg', None)  # random init: read no file
+
+    cfg.model.setdefault('data_preprocessor', cfg.get('data_preprocessor', None))
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'dery')):
+        net = MODELS.build(cfg.model)
+    if use_init:
+        net.init_weights()
+    if checkpoint is not None:
+        from mmengine.runner import load_checkpoint
+        load_checkpoint(net, checkpoint, map_location='cpu', logger=get_logger())
+    net._config = cfg
+    if device is not None:
+        net.to(device)
+    net.eval()
+    return net

@@ -1,0 +1,3 @@
+from .hooks import DataCheckHook
+
+__all__ = ['DataCheckHook']
