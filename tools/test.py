@@ -15,7 +15,7 @@ from mmengine.runner import Runner
 
 import dery  # noqa: F401
 from dery.apis import resolve_model_cfg
-from dery.apis.cli import add_check_hooks, check_cfg_options, check_data_roots
+from dery.apis.cli import add_check_hooks, check_cfg_options, check_data_roots, setup_distributed
 
 
 def parse_args():
@@ -50,6 +50,7 @@ def main():
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     check_data_roots(cfg)
     add_check_hooks(cfg)
+    setup_distributed(cfg, args.launcher)
     resolve_model_cfg(cfg, cfg.work_dir)
     # the trained checkpoint holds every weight: skip loading assembled_init.pth
     cfg.model.backbone.pop('init_cfg', None)

@@ -16,7 +16,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import dery  # noqa: F401  (safe checkpoint loading, registries)
-from dery.apis.cli import add_check_hooks, check_cfg_options, check_data_roots, setup_dist
+from dery.apis.cli import add_check_hooks, check_cfg_options, check_data_roots, setup_dist, setup_distributed
 
 
 def parse_args():
@@ -97,6 +97,7 @@ def main():
     cfg = merge_args(cfg, args)
     check_data_roots(cfg)
     add_check_hooks(cfg)
+    setup_distributed(cfg, args.launcher)
     prepare_dery_stages(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
     runner.train()

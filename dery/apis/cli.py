@@ -60,9 +60,15 @@ def setup_dist(cfg, launcher):
     if not torch.cuda.is_available():
         backend = 'gloo'
     timeout = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout', 120)
-    import datetime
     try:
-        init_dist(launcher, backend=backend, timeout=datetime.timedelta(seconds=timeout))
+        if launcher == 'pytorch' and not torch.cuda.is_available():
+            # mmengine's init_dist calls torch.cuda.set_device, which fails on a machine without GPUs
+            import datetime
+            torch.distributed.init_process_group(backend='gloo',
+                                                 timeout=datetime.timedelta(seconds=int(timeout)))
+        else:
+            # mmengine takes the timeout in seconds (it makes the timedelta itself)
+            init_dist(launcher, backend=backend, timeout=int(timeout))
     except Exception as e:  # noqa: BLE001 - rendezvous failures of all kinds
         addr = os.environ.get('MASTER_ADDR', '?')
         port = os.environ.get('MASTER_PORT', '?')
@@ -102,3 +108,19 @@ def add_check_hooks(cfg):
     if not any(h.get('type') == 'DataCheckHook' for h in hooks):
         hooks.append(dict(type='DataCheckHook'))
     cfg.custom_hooks = hooks
+
+
+def setup_distributed(cfg, launcher):
+    """Join the job before the Runner does, and wrap models for DDP on CPU.
+
+    mmengine's ``init_dist`` and its default DDP wrapper assume GPUs
+    (``cuda.set_device``, ``device_ids=[LOCAL_RANK]``); on a machine without
+    them the processes use gloo and DDP gets no device ids.
+    """
+    if launcher == 'none':
+        return
+    import torch
+    setup_dist(cfg, launcher)
+    if not torch.cuda.is_available() and not cfg.get('model_wrapper_cfg'):
+        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', broadcast_buffers=False, device_ids=None,
+                                     find_unused_parameters=cfg.get('find_unused_parameters', False))

@@ -287,7 +287,15 @@ def build_zoo_model(name_or_cfg, pretrained=True, zoo=None):
     from .zoo_model import ZooModel
     entry = resolve_entry(name_or_cfg, zoo)
     adapter = ZOO_ADAPTERS.build(dict(type=entry.adapter))
-    model = adapter.build(entry, pretrained=pretrained)
+    if pretrained:
+        model = adapter.build(entry, pretrained=True)
+    else:
+        # random init seeded by the entry name: every run and every rank builds the same model,
+        # so similarity caches, partition.json and assembly.json are reproducible and resumable
+        import zlib
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(entry.name.encode()))
+            model = adapter.build(entry, pretrained=False)
     if not isinstance(model, nn.Module):
         raise TypeError(f'zoo adapter {entry.adapter} returned {type(model).__name__}, not an nn.Module')
     return ZooModel(entry.name, model, family=entry.family, nodes=entry.nodes,
