@@ -1,0 +1,15 @@
+"""Functional similarity between the nodes of zoo models (DeRy stage 1).
+
+``compute_similarity`` runs the stage (feature capture over a probe set,
+caching, distributed, outputs); the metrics are registered in
+``dery.registry.SIMILARITIES`` and share one interface
+(``update(feats_a, feats_b)`` / ``compute()`` / ``reset()``).
+"""
+from .capture import DEFAULT_PREPROCESSOR, ProbeSet, model_key, pool_output
+from .metrics import (CCA, POOLINGS, SVCCA, BaseSimilarity, LinearCKA, LinearRegression,
+                      MinibatchCKA, RBFCKA)
+from .pipeline import SimilarityResult, compute_similarity
+
+__all__ = ['compute_similarity', 'SimilarityResult', 'BaseSimilarity', 'LinearCKA',
+           'MinibatchCKA', 'RBFCKA', 'LinearRegression', 'SVCCA', 'CCA', 'POOLINGS',
+           'ProbeSet', 'pool_output', 'model_key', 'DEFAULT_PREPROCESSOR']

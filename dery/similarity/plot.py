@@ -1,0 +1,125 @@
+"""Heatmaps of similarity results (matplotlib, Agg canvas; no pyplot state).
+
+* ``WORK_DIR/similarity/<a>__<b>.png``: node-by-node matrix of one model pair
+  (rows: nodes of ``a``, columns: nodes of ``b``);
+* ``WORK_DIR/similarity_summary.png``: the zoo-wide node matrix with model
+  boundaries, and a model-by-model summary (mean over the nodes of the row
+  model of the best match among the nodes of the column model).
+"""
+import os.path as osp
+
+import numpy as np
+
+from dery.utils import atomic_write
+
+from .cache import safe_name
+
+
+def _figure(w, h):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(w, h), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path):
+    with atomic_write(path, 'wb') as f:
+        fig.savefig(f, format='png', bbox_inches='tight')
+
+
+def _short(name, k=18):
+    return name if len(name) <= k else '..' + name[-(k - 2):]
+
+
+def _limits(mat):
+    lo = float(np.nanmin(mat)) if mat.size else 0.0
+    return (min(0.0, lo), max(1.0, float(np.nanmax(mat)) if mat.size else 1.0))
+
+
+def plot_pair(mat, nodes_a, nodes_b, name_a, name_b, metric, path):
+    """Heatmap of one ``[len(nodes_a), len(nodes_b)]`` matrix to ``path``."""
+    na, nb = mat.shape
+    fig = _figure(min(14, 2.5 + 0.28 * nb), min(14, 2.0 + 0.28 * na))
+    ax = fig.add_subplot(111)
+    vmin, vmax = _limits(mat)
+    im = ax.imshow(mat, cmap='viridis', vmin=vmin, vmax=vmax, aspect='auto',
+                   interpolation='nearest')
+    step_a, step_b = max(1, na // 40), max(1, nb // 40)
+    ax.set_yticks(range(0, na, step_a))
+    ax.set_yticklabels([_short(n) for n in nodes_a[::step_a]], fontsize=6)
+    ax.set_xticks(range(0, nb, step_b))
+    ax.set_xticklabels([_short(n) for n in nodes_b[::step_b]], fontsize=6, rotation=90)
+    ax.set_ylabel(name_a)
+    ax.set_xlabel(name_b)
+    ax.set_title(f'{metric}: {name_a} vs {name_b}', fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    _save(fig, path)
+
+
+def plot_summary(result, path):
+    """Zoo-wide node matrix and model-by-model best-match summary."""
+    models = result.models
+    full = result.full()
+    sizes = [len(result.nodes[m]) for m in models]
+    bounds = np.cumsum([0] + sizes)
+    M = len(models)
+    summary = np.zeros((M, M))
+    for i, a in enumerate(models):
+        for j, b in enumerate(models):
+            summary[i, j] = result.matrices[(a, b)].max(1).mean()
+    fig = _figure(16, 7.5)
+    ax = fig.add_subplot(121)
+    vmin, vmax = _limits(full)
+    im = ax.imshow(full, cmap='viridis', vmin=vmin, vmax=vmax, interpolation='nearest')
+    for b in bounds[1:-1]:
+        ax.axhline(b - 0.5, color='white', lw=0.6)
+        ax.axvline(b - 0.5, color='white', lw=0.6)
+    centres = (bounds[:-1] + bounds[1:] - 1) / 2
+    ax.set_xticks(centres)
+    ax.set_xticklabels([_short(m) for m in models], rotation=90, fontsize=7)
+    ax.set_yticks(centres)
+    ax.set_yticklabels([_short(m) for m in models], fontsize=7)
+    ax.set_title(f'{result.type}: all nodes ({full.shape[0]})', fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax2 = fig.add_subplot(122)
+    im2 = ax2.imshow(summary, cmap='viridis', vmin=vmin, vmax=vmax, interpolation='nearest')
+    ax2.set_xticks(range(M))
+    ax2.set_xticklabels([_short(m) for m in models], rotation=90, fontsize=7)
+    ax2.set_yticks(range(M))
+    ax2.set_yticklabels([_short(m) for m in models], fontsize=7)
+    if M <= 16:
+        for i in range(M):
+            for j in range(M):
+                ax2.text(j, i, f'{summary[i, j]:.2f}', ha='center', va='center', fontsize=6,
+                         color='white' if summary[i, j] < (vmin + vmax) / 2 else 'black')
+    ax2.set_title('mean over row-model nodes of the best column-model match', fontsize=9)
+    fig.colorbar(im2, ax=ax2, fraction=0.046, pad=0.04)
+    _save(fig, path)
+
+
+def save_plots(result, work_dir, pairs=True, symmetric=True):
+    """Write the summary and (``pairs=True``) one heatmap per model pair.
+
+    Symmetric metrics get one file per unordered pair (``a`` before ``b`` in
+    zoo order, self pairs included); others one per ordered pair.
+    Returns the written paths.
+    """
+    paths = []
+    summary = osp.join(work_dir, 'similarity_summary.png')
+    plot_summary(result, summary)
+    paths.append(summary)
+    if pairs:
+        models = result.models
+        for i, a in enumerate(models):
+            for j, b in enumerate(models):
+                if symmetric and j < i:
+                    continue
+                p = osp.join(work_dir, 'similarity', f'{safe_name(a)}__{safe_name(b)}.png')
+                plot_pair(result.matrices[(a, b)], result.nodes[a], result.nodes[b], a, b,
+                          result.type, p)
+                paths.append(p)
+    return paths
+
+
+__all__ = ['plot_pair', 'plot_summary', 'save_plots']
