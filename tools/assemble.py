@@ -24,6 +24,10 @@ def main():
     t0 = time.perf_counter()
     from mmengine.dist import barrier, get_rank
     record = None
+    if args.launcher != 'none':
+        # the similarity stage runs on every rank (reused when partition.json is current); the rest on rank 0
+        from dery.apis import partition
+        partition(cfg, cfg.work_dir, launcher=args.launcher)
     if get_rank() == 0:
         record = assemble(cfg, cfg.work_dir, launcher=args.launcher, force=args.force)
     barrier()

@@ -81,8 +81,8 @@ def prepare_dery_stages(cfg, launcher):
         return
     os.makedirs(cfg.work_dir, exist_ok=True)
     setup_dist(cfg, launcher)
-    if not osp.isfile(osp.join(cfg.work_dir, 'partition.json')):
-        partition(cfg, cfg.work_dir, launcher=launcher)  # similarity sharded over the ranks
+    # on every rank (the similarity is sharded over them); reused when partition.json is current
+    partition(cfg, cfg.work_dir, launcher=launcher)
     if get_rank() == 0:
         assemble(cfg, cfg.work_dir, launcher=launcher)  # reused when current
     barrier()

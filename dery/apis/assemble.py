@@ -266,9 +266,8 @@ def assemble(cfg, work_dir=None, launcher='none', force=False, zoo=None):
     out_path = osp.join(work_dir, 'assembly.json')
     entries = zoo_entries(cfg)
     zoo = zoo or build_zoo(cfg, entries)
-    part_path = osp.join(work_dir, 'partition.json')
-    part = load_json(part_path, 'partition file') if osp.isfile(part_path) else \
-        run_partition(cfg, work_dir, launcher=launcher, zoo=zoo)
+    # reuses partition.json when its config_stamp matches the config, recomputes a stale one
+    part = run_partition(cfg, work_dir, launcher=launcher, zoo=zoo)
     check_partition_fits(part, zoo, entries)
     stamp = dict(partition_objective=part.get('objective'), partition_seed=part.get('seed'),
                  solver=_plain(cfg.solver), proxy=_plain(cfg.proxy), constraints=_plain(cfg.constraints),
@@ -325,7 +324,8 @@ def assemble(cfg, work_dir=None, launcher='none', force=False, zoo=None):
                    total_seconds=round(time.perf_counter() - t0, 3),
                    **{k: v for k, v in result.info.items() if 'second' in k})
     with atomic_write(osp.join(work_dir, 'assembled_init.pth'), 'wb') as f:
-        torch.save(dict(state_dict=model.state_dict(), meta=dict(dery='assembled_init', blocks=blocks)), f)
+        torch.save(dict(state_dict=model.state_dict(),
+                        meta=dict(dery='assembled_init', blocks=blocks, seed=proxy.seed)), f)
     with atomic_write(osp.join(work_dir, 'assembled.py'), 'w') as f:
         f.write(assembled_config_text(cfg, record, work_dir))
     atomic_save_json(record, out_path)

@@ -18,7 +18,7 @@ from dery.utils import atomic_write
 
 
 # ---------------------------------------------------------------------------- zoo weights
-def export_zoo_weights(backbone, entry, path, input_size=(3, 32, 32)):
+def export_zoo_weights(backbone, entry, path, input_size=(3, 16, 16)):
     """Save a single-model ``ReassembledBackbone``'s weights as its zoo model's plain state dict.
 
     ``backbone`` holds the stem and every node of the zoo model ``entry`` (one
@@ -215,7 +215,8 @@ def write_report(results, path):
     out.append(_md_table(('model', 'family', 'nodes', 'params', 'FLOPs', 'source top-1 (%)', 'pre-training s'),
                          rows))
     out.append('')
-    out.append('Params and FLOPs (mmengine, multiply-adds, one 32x32 image) are counted on the whole '
+    out.append(f'Params and FLOPs (mmengine, multiply-adds, one {tgt["image_size"]}x{tgt["image_size"]} image) '
+               'are counted on the whole '
                'classifier for the target task (stem, nodes, output norm, head), as the budget is.')
     out += ['', '## Functional similarity', '']
     out.append(f'{part["similarity"]} between every pair of nodes on {part["probe_samples"]} target training '
@@ -244,12 +245,13 @@ def write_report(results, path):
     out.append(f'* FLOPs: **{asm["flops"]:,}** of a budget of {fmax:,} ({100 * asm["flops"] / fmax:.1f}%).')
     out.append(f'* Within budget: **{"yes" if asm["within_budget"] else "NO"}**. Proxy {asm["proxy"]["type"]} '
                f'score {asm["proxy"]["score"]:.3f}; solver {asm["solver"]["type"]} ({asm["solver"]["status"]}, '
-               f'{asm["solver"]["num_proxy_evals"]} proxy evaluations, {asm["solver"]["seconds"]:.1f} s).')
+               f'{asm["solver"]["num_proxy_evals"]} proxy evaluations).')
     out += ['', '## Results on the target task', '']
     seeds = R['seeds']
     out.append(f'Mean ± sample std over seeds {", ".join(map(str, seeds["dery"]))} for the reassembled model '
-               f'and its architecture from scratch, seeds {", ".join(map(str, seeds["zoo"]))} for the zoo '
-               'models (the seed sets the data order, augmentation and the random init).')
+               f'and its architecture from scratch, and over seeds {", ".join(map(str, seeds["zoo"]))} for the '
+               'zoo models no larger than the reassembled one (the comparison); larger zoo models: seed '
+               f'{seeds["zoo"][0]} only. The seed sets the data order, the augmentation and any random init.')
     out.append('')
     out.append(_md_table(RESULT_COLUMNS, results_rows(R)))
     out += ['', '## Targets', '']

@@ -94,8 +94,13 @@ class ReassembledBackbone(BaseModule):
         self.families, self.prefixes, self.specs = [], [], []
         cuts = []
         for k, b in enumerate(self.block_cfgs):
-            zm = cache[b['model']]
-            i, j = zm.index(b['start']), zm.index(b['end'])
+            try:
+                zm = cache[b['model']]
+                i, j = zm.index(b['start']), zm.index(b['end'])
+            except (KeyError, IndexError, ValueError) as e:  # ZooError is a ValueError
+                raise ValueError(
+                    f'block {k} {dict(b)} does not fit the zoo ({e.args[0] if e.args else e}); the assembly '
+                    '(assembly.json) was made with another zoo or edited by hand: rerun tools/assemble.py') from None
             if i > j:
                 raise ValueError(f'block {k}: start {zm.nodes[i]} comes after end {zm.nodes[j]} in {zm.name}')
             cuts.append(zm.cut(i, j))

@@ -79,7 +79,8 @@ def _flatten_list(feats, what):
     if isinstance(feats, dict):
         feats = list(feats.values())
     if torch.is_tensor(feats) or not isinstance(feats, (list, tuple)):
-        raise TypeError(f'{what} must be a list of tensors (one per node), got {type(feats).__name__}')
+        raise TypeError(f'{what} must be a list of tensors (one per node), '
+                        f'got {type(feats).__name__}')
     if len(feats) == 0:
         raise ValueError(f'{what} is empty: give at least one node')
     out = []
@@ -93,6 +94,9 @@ def _flatten_list(feats, what):
             raise ValueError(f'{what}[{k}] is a scalar; features need a batch dimension')
         if f.is_complex():
             raise TypeError(f'{what}[{k}] has complex dtype {f.dtype}')
+        if f.is_floating_point() and not torch.isfinite(f).all():
+            raise ValueError(f'{what}[{k}] contains NaN or inf: the model produces non-finite outputs on '
+                             'the probe set; check its weights and the probe data normalisation')
         out.append(f.reshape(f.shape[0], -1))
     n = out[0].shape[0]
     bad = [k for k, f in enumerate(out) if f.shape[0] != n]

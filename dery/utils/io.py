@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import os.path as osp
+import re
 import tempfile
 import zipfile
 
@@ -74,6 +75,7 @@ def safe_torch_load(path, map_location='cpu', allow_pickle=False):
         return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
     except Exception as e:  # noqa: BLE001 - re-raised with the cause named
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = re.sub(r'\x1b\[[0-9;]*m', '', msg)  # torch's message carries terminal bold codes
         needs_code = ('Unsupported global' in str(e) or 'unrecognized function' in str(e)) \
             and zipfile.is_zipfile(path)
         if needs_code:

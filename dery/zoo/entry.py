@@ -130,7 +130,11 @@ def load_zoo(path=None):
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
-        raise ZooError(f'{path} is not valid YAML{where}: {getattr(e, "problem", e)}') from None
+        problem = getattr(e, 'problem', None) or e
+        if 'python/' in str(problem):
+            raise ZooError(f'{path}{where}: python tags (!!python/...) are not allowed, the zoo file is read '
+                           'with yaml.safe_load and never runs code; write plain values instead') from None
+        raise ZooError(f'{path} is not valid YAML{where}: {problem}') from None
     if isinstance(raw, dict) and 'models' in raw:
         raw = raw['models']
     if not isinstance(raw, list):
