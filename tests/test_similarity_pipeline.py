@@ -355,6 +355,13 @@ def test_pool_output_layouts():
         pool_output(vit, 'vit', 'median')
 
 
+def test_without_work_dir_nothing_is_kept(zoo, ref_dir):
+    res = compute_similarity(zoo[1:2], PROBE, dict(type='LinearCKA', **QUIET), None)
+    ref = SimilarityResult.load(ref_dir)
+    key = (zoo[1].name, zoo[1].name)
+    np.testing.assert_allclose(res.matrices[key], ref.matrices[key], atol=1e-12)
+
+
 def test_bad_inputs_are_explained(zoo, tmp_path):
     with pytest.raises(ValueError, match='unique'):
         compute_similarity([zoo[0], zoo[0]], PROBE, dict(type='LinearCKA', **QUIET), str(tmp_path))

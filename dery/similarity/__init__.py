@@ -5,11 +5,13 @@ caching, distributed, outputs); the metrics are registered in
 ``dery.registry.SIMILARITIES`` and share one interface
 (``update(feats_a, feats_b)`` / ``compute()`` / ``reset()``).
 """
-from .capture import DEFAULT_PREPROCESSOR, ProbeSet, model_key, pool_output
+from .capture import (DEFAULT_PREPROCESSOR, ProbeSet, capture_batch, capture_nodes, model_key,
+                      pool_output, pooled_dims)
 from .metrics import (CCA, POOLINGS, SVCCA, BaseSimilarity, LinearCKA, LinearRegression,
                       MinibatchCKA, RBFCKA)
 from .pipeline import SimilarityResult, compute_similarity
 
 __all__ = ['compute_similarity', 'SimilarityResult', 'BaseSimilarity', 'LinearCKA',
            'MinibatchCKA', 'RBFCKA', 'LinearRegression', 'SVCCA', 'CCA', 'POOLINGS',
-           'ProbeSet', 'pool_output', 'model_key', 'DEFAULT_PREPROCESSOR']
+           'ProbeSet', 'pool_output', 'pooled_dims', 'capture_batch', 'capture_nodes', 'model_key',
+           'DEFAULT_PREPROCESSOR']

@@ -225,7 +225,8 @@ def _resolve_num_samples(num, total, batch_size):
         if 0 < num <= 1:  # a fraction of the dataset
             return max(1, int(round(total * float(num))))
         if not float(num).is_integer():
-            raise ValueError(f'probe num_samples must be a count or a fraction in (0, 1], got {num}')
+            raise ValueError('probe num_samples must be a count or a fraction in (0, 1], '
+                             f'got {num}')
     num = int(num)
     if num < 1:
         raise ValueError(f'probe num_samples must be >= 1, got {num}')
@@ -318,7 +319,8 @@ class ProbeSet:
         batch_ids = list(batch_ids)
         if not batch_ids:
             return
-        loader = DataLoader(_Indexed(self.dataset), batch_sampler=[self.batches[t] for t in batch_ids],
+        loader = DataLoader(_Indexed(self.dataset),
+                            batch_sampler=[self.batches[t] for t in batch_ids],
                             num_workers=self.num_workers, collate_fn=_collate)
         with torch.no_grad():
             for t, data in zip(batch_ids, loader):

@@ -44,6 +44,7 @@ node names, offsets, metric settings, cache key, timings),
 import json
 import os
 import os.path as osp
+import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -421,13 +422,23 @@ def compute_similarity(zoo_models, probe_cfg, similarity_cfg, work_dir, launcher
             ``dict(type='LinearCKA', pooling='avg')``) plus the pipeline
             options ``store``, ``checkpoint_interval``, ``plot``,
             ``progress``, ``resume`` (see the module docstring).
-        work_dir (str): where caches, ``similarity.npz/.json`` and plots go.
+        work_dir (str | None): where caches, ``similarity.npz/.json`` and plots
+            go; ``None``: a temporary folder, nothing is kept.
         launcher (str): ``'none'`` or ``'pytorch'`` (torchrun), ``'slurm'``,
             ``'mpi'``.
 
     Returns:
         SimilarityResult: identical on every rank.
     """
+    if work_dir is None:
+        with tempfile.TemporaryDirectory(prefix='dery_similarity_') as tmp:
+            return _compute_similarity(zoo_models, probe_cfg, similarity_cfg, tmp, launcher,
+                                       persist=False)
+    return _compute_similarity(zoo_models, probe_cfg, similarity_cfg, os.fspath(work_dir),
+                               launcher, persist=True)
+
+
+def _compute_similarity(zoo_models, probe_cfg, similarity_cfg, work_dir, launcher, persist):
     t_start = time.perf_counter()
     rank, world = sdist.init_dist(launcher)
     logger = get_logger()
@@ -441,7 +452,6 @@ def compute_similarity(zoo_models, probe_cfg, similarity_cfg, work_dir, launcher
     metric = SIMILARITIES.build(cfg)
     models = _check_models(zoo_models)
     probe = ProbeSet(probe_cfg)
-    work_dir = os.fspath(work_dir)
     if rank == 0:
         os.makedirs(work_dir, exist_ok=True)
     mkeys = [model_key(m) for m in models]
@@ -452,7 +462,8 @@ def compute_similarity(zoo_models, probe_cfg, similarity_cfg, work_dir, launcher
                       probe=probe.key, metric=settings))
     nodes = OrderedDict((m.name, list(m.nodes)) for m in models)
 
-    cached = _try_cached_result(work_dir, key, logger) if rank == 0 and opts['resume'] else None
+    cached = _try_cached_result(work_dir, key, logger) \
+        if rank == 0 and opts['resume'] and persist else None
     cached = sdist.broadcast_object(cached)
     if cached is not None:
         if rank == 0:
@@ -466,7 +477,8 @@ def compute_similarity(zoo_models, probe_cfg, similarity_cfg, work_dir, launcher
     if rank == 0:
         logger.info(f'similarity: {metric!r} on {len(models)} models '
                     f'({sum(len(n) for n in nodes.values())} nodes), {probe.num_samples} probe '
-                    f'samples in {len(probe)} batches of {probe.batch_size}, store={opts["store"]}, '
+                    f'samples in {len(probe)} batches of {probe.batch_size}, '
+                    f'store={opts["store"]}, '
                     f'{world} process(es)')
     with _Progress(opts['progress'] and rank == 0) as prog:
         if opts['store'] == 'accumulators':
@@ -484,16 +496,17 @@ def compute_similarity(zoo_models, probe_cfg, similarity_cfg, work_dir, launcher
     result = SimilarityResult.from_full(full, nodes, type(metric).__name__,
                                         time.perf_counter() - t_start, meta)
     if rank == 0:
-        result.save(work_dir)
         if info.get('checkpoint') and osp.exists(info['checkpoint']):
             os.remove(info['checkpoint'])
-        if opts['plot']:
-            t_plot = time.perf_counter()
-            _plot(result, work_dir, opts['plot'], metric.symmetric)
-            result.meta['plot_seconds'] = time.perf_counter() - t_plot
+        if persist:
+            result.save(work_dir)
+            if opts['plot']:
+                t_plot = time.perf_counter()
+                _plot(result, work_dir, opts['plot'], metric.symmetric)
+                result.meta['plot_seconds'] = time.perf_counter() - t_plot
         logger.info(f'similarity: done in {result.seconds:.1f} s (features '
-                    f'{info["capture_seconds"]:.1f} s, metric {info["metric_seconds"]:.1f} s); '
-                    f'wrote {osp.join(work_dir, "similarity.npz")}')
+                    f'{info["capture_seconds"]:.1f} s, metric {info["metric_seconds"]:.1f} s)' +
+                    (f'; wrote {osp.join(work_dir, "similarity.npz")}' if persist else ''))
     sdist.barrier()
     return result
 
