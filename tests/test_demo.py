@@ -166,7 +166,8 @@ def test_demo_quick_end_to_end(tmp_path):
     kinds = [r['kind'] for r in results['results']]
     assert kinds[:2] == ['dery', 'scratch'] and kinds[2:] == ['zoo'] * len(results['zoo'])
     for row, res in zip(rows, results['results']):
-        assert row[0] == res['label'] and row[2] == human(res['params']) and row[3] == human(res['flops'])
+        label = f'**{res["label"]}**' if res['kind'] == 'dery' else res['label']
+        assert row[0] == label and row[2] == human(res['params']) and row[3] == human(res['flops'])
         assert row[4] == fmt_top1(res)
         assert row[5] == ', '.join(f'{v:.2f}' for v in res['top1'])
         for name, top1 in zip(res['runs'], res['top1']):

@@ -10,7 +10,8 @@ _base_ = ['./zoo.py', '../_base_/default_runtime.py']
 
 num_classes = 10
 num_train = 150
-data_preprocessor = dict(type='ClsDataPreprocessor', num_classes=num_classes, mean=[127.5, 127.5, 127.5], std=[64.0, 64.0, 64.0], to_rgb=False)
+data_preprocessor = dict(type='ClsDataPreprocessor', num_classes=num_classes, mean=[127.5, 127.5, 127.5],
+                         std=[64.0, 64.0, 64.0], to_rgb=False)
 _digits = dict(type='SklearnDigitsDataset', train_pool=1000, image_size=16, seed=0, style='colour')
 
 # ---------------------------------------------------------------- stage 1: similarity (probe: target train)

@@ -7,7 +7,8 @@
 #   python tools/train.py configs/demo/source_pretrain.py
 _base_ = ['./zoo.py', '../_base_/default_runtime.py']
 
-data_preprocessor = dict(type='ClsDataPreprocessor', num_classes=16, mean=[127.5, 127.5, 127.5], std=[64.0, 64.0, 64.0], to_rgb=False)
+data_preprocessor = dict(type='ClsDataPreprocessor', num_classes=16, mean=[127.5, 127.5, 127.5],
+                         std=[64.0, 64.0, 64.0], to_rgb=False)
 
 model = dict(
     type='ImageClassifier',

@@ -115,11 +115,12 @@ def fmt_top1(row):
     return f'{row["top1_mean"]:.2f}'
 
 
-def results_rows(results):
-    """Rows of the results table: (model, init, params, FLOPs, top-1 text, seeds text)."""
+def results_rows(results, markdown=True):
+    """Rows of the results table: (model, init, params, FLOPs, top-1 text, seeds text); DeRy in bold."""
     rows = []
     for r in results['results']:
-        rows.append((r['label'], r['init'], human(r['params']), human(r['flops']), fmt_top1(r),
+        label = f'**{r["label"]}**' if markdown and r['kind'] == 'dery' else r['label']
+        rows.append((label, r['init'], human(r['params']), human(r['flops']), fmt_top1(r),
                      ', '.join(f'{v:.2f}' for v in r['top1'])))
     return rows
 
@@ -134,8 +135,8 @@ def results_table(results):
                     f'{results["data"]["target"]["num_train"]} training images)')
     for c in RESULT_COLUMNS:
         t.add_column(c, justify='right' if c in ('params', 'FLOPs', 'target top-1 (%)') else 'left')
-    for row in results_rows(results):
-        t.add_row(*row)
+    for row, r in zip(results_rows(results, markdown=False), results['results']):
+        t.add_row(*row, style='bold' if r['kind'] == 'dery' else None)
     return t
 
 
@@ -202,8 +203,10 @@ def write_report(results, path):
                f'procedurally drawn glyphs, {src["num_train"]} training / {src["num_test"]} test images at '
                f'{src["image_size"]}x{src["image_size"]}, seed {src["seed"]}; {src["pretrain_iters"]} iterations '
                f'of batch {src["batch_size"]} per model.')
+    colour = (', each in its own random colours with noise (MNIST-M style: the colours must be ignored)'
+              if tgt.get('style') == 'colour' else '')
     out.append(f'* **Target**: `{tgt["type"]}`, scikit-learn\'s 8x8 handwritten digits upsampled to '
-               f'{tgt["image_size"]}x{tgt["image_size"]} RGB: {tgt["num_train"]} training images '
+               f'{tgt["image_size"]}x{tgt["image_size"]} RGB{colour}: {tgt["num_train"]} training images '
                f'({tgt["num_train"] // 10} per class), {tgt["num_test"]} test images (fixed seeded split). '
                f'Every fine-tune: {tgt["finetune_iters"]} iterations of batch {tgt["batch_size"]}, '
                f'{tgt["optimizer"]}, same data, head and schedule; top-1 on the test split after the last '
@@ -220,7 +223,7 @@ def write_report(results, path):
                'classifier for the target task (stem, nodes, output norm, head), as the budget is.')
     out += ['', '## Functional similarity', '']
     out.append(f'{part["similarity"]} between every pair of nodes on {part["probe_samples"]} target training '
-               'images (node outputs average-pooled).')
+               'images (node outputs average-pooled): the summary below; `dery/similarity.npz` holds the matrix.')
     out += ['', f'![similarity heatmap]({R["plots"]["similarity"]})', '']
     out += [f'## Partition (K={part["num_sets"]} equivalence sets, objective {part["objective"]:.4f})', '']
     k = part['num_sets']
@@ -239,15 +242,23 @@ def write_report(results, path):
                      human(b['flops']), stitch))
     out.append(_md_table(('stage', 'model', 'family', 'nodes', 'set', 'params', 'FLOPs', 'stitch in'), rows))
     out.append('')
-    pmax, fmax = cons['params'][1], cons['flops'][1]
-    out.append(f'* Params: **{asm["params"]:,}** of a budget of {pmax:,} '
+    (pmin, pmax), (fmin, fmax) = cons['params'], cons['flops']
+
+    def low(v):
+        return f' (lower bound {v:,})' if v else ''
+
+    out.append(f'* Params: **{asm["params"]:,}** of a budget of {pmax:,}{low(pmin)} '
                f'({100 * asm["params"] / pmax:.1f}%); the largest zoo model has {R["largest_zoo_params"]:,}.')
-    out.append(f'* FLOPs: **{asm["flops"]:,}** of a budget of {fmax:,} ({100 * asm["flops"] / fmax:.1f}%).')
+    out.append(f'* FLOPs: **{asm["flops"]:,}** of a budget of {fmax:,}{low(fmin)} '
+               f'({100 * asm["flops"] / fmax:.1f}%).')
     out.append(f'* Within budget: **{"yes" if asm["within_budget"] else "NO"}**. Proxy {asm["proxy"]["type"]} '
                f'score {asm["proxy"]["score"]:.3f}; solver {asm["solver"]["type"]} ({asm["solver"]["status"]}, '
                f'{asm["solver"]["num_proxy_evals"]} proxy evaluations).')
     out += ['', '## Results on the target task', '']
     seeds = R['seeds']
+    out.append('Random init ("scratch") is the libraries\' construction-time init (timm\'s own, PyTorch defaults for '
+               'the mmpretrain modules), the same init the zoo models started their pre-training from.')
+    out.append('')
     out.append(f'Mean ± sample std over seeds {", ".join(map(str, seeds["dery"]))} for the reassembled model '
                f'and its architecture from scratch, and over seeds {", ".join(map(str, seeds["zoo"]))} for the '
                'zoo models no larger than the reassembled one (the comparison); larger zoo models: seed '
@@ -256,16 +267,23 @@ def write_report(results, path):
     out.append(_md_table(RESULT_COLUMNS, results_rows(R)))
     out += ['', '## Targets', '']
     for t in R['targets'].values():
-        out.append(f'* [{"x" if t["met"] else " "}] {t["text"]}')
+        out.append(f'* {t["text"]}' if t.get('reference') else f'* [{"x" if t["met"] else " "}] {t["text"]}')
     out += ['', '![accuracy curves](' + R['plots']['curves'] + ')', '']
     out += ['## Stage times', '']
     out.append(_md_table(('stage', 'seconds', 'note'),
                          [(s['name'], f'{s["seconds"]:.1f}', s.get('note', '')) for s in R['stages']]))
     out += ['', f'Total: {R["seconds_total"]:.1f} s wall.', '']
-    out += ['## Files', '']
+    out += ['## Files and reruns', '']
     out.append('`results.json` (every number above), `zoo/*.pth` (pre-trained zoo weights, plain state dicts), '
-               '`dery/` (partition.json, assembly.json, assembled.py, assembled_init.pth, similarity), `runs/<run>/` '
-               '(one mmengine work dir per fine-tune: config, log, `vis_data/scalars.json`, last checkpoint).')
+               '`dery_digits.py` (the DeRy config with those weights), `dery/` (similarity, partition.json, '
+               'assembly.json, assembled.py, assembled_init.pth), `pretrain/<model>/` and `runs/<run>/` (one '
+               'mmengine work dir per training run: config, log, `vis_data/scalars.json`, last checkpoint).')
+    out.append('')
+    out.append('The DeRy stages and fine-tune with the normal tools (the partition and assembly above are reused):')
+    out.append('')
+    out.append('```bash')
+    out.append(f'python tools/train.py {R["work_dir"]}/dery_digits.py --work-dir {R["work_dir"]}/dery')
+    out.append('```')
     out.append('')
     text = '\n'.join(out)
     with atomic_write(path, 'w') as f:
