@@ -175,10 +175,7 @@ class MMPretrainAdapter(BaseZooAdapter):
             model = mmpretrain.get_model(entry.model, pretrained=False, **kwargs)
             if pretrained:
                 model = self._load(model, entry)
-        backbone = getattr(model, 'backbone', model)
-        if hasattr(backbone, 'init_cfg') and not pretrained:
-            pass
-        return backbone
+        return getattr(model, 'backbone', model)
 
     def _load(self, model, entry):
         from mmengine.runner import load_checkpoint
