@@ -23,9 +23,9 @@ import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
-from dery.apis.assemble import AssemblyContext  # noqa: E402
-from dery.apis.common import build_zoo, zoo_entries  # noqa: E402
+from dery.assembly import AssemblyContext  # noqa: E402
 from dery.registry import PARTITIONERS, SOLVERS  # noqa: E402
+from dery.zoo import ZooCache  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,14 +66,14 @@ def main():
     cfg.zoo.models = zoo_models(args.models)
     init_default_scope('dery')
     torch.manual_seed(0)
-    entries = zoo_entries(cfg)
-    zoo = build_zoo(cfg, entries)
+    zoo = ZooCache.from_config(cfg.zoo)
+    entries = zoo.entries
     nodes = {n: zoo[n].nodes for n in entries}
     part = PARTITIONERS.build(dict(type='UniformPartitioner', num_sets=args.num_sets)).partition(nodes)
     largest = max(zoo[n].stem_params() + zoo[n].params() for n in entries)
     cfg.constraints = dict(params=(None, int(args.budget * largest)), flops=(None, None))
     t0 = time.perf_counter()
-    ctx = AssemblyContext(cfg, None, zoo, part, entries)
+    ctx = AssemblyContext(cfg, zoo, part)
     setup = time.perf_counter() - t0
     print(f'zoo: {len(entries)} models, K={args.num_sets}, {len(ctx.problem.candidates)} candidates, '
           f'{ctx.problem.num_assemblies()} assemblies (before budget); budget params <= '

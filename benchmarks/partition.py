@@ -94,7 +94,7 @@ def main():
     times = []
     for _ in range(max(args.repeat, 1)):
         t0 = time.perf_counter()
-        result = part.partition(nodes, sim)
+        result = part.partition(nodes, sim).to_json()
         times.append(time.perf_counter() - t0)
     ours_t = min(times)
     ours_obj = evaluate_partition(result, sim)

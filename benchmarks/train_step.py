@@ -38,46 +38,25 @@ PRESETS = {
 }
 
 
-def _to_map(x, family, prefix):
-    if family == 'cnn':
-        return x
-    if family == 'swin':
-        return x.permute(0, 3, 1, 2)
-    tokens = x[:, prefix:]
-    b, n, c = tokens.shape
-    side = int(round(n**0.5))
-    return tokens.transpose(1, 2).reshape(b, c, side, n // side)
-
-
 class FreeAdapter(nn.Module):
     """Parameter-free reshaping of one block's output into the next block's input shape."""
 
-    def __init__(self, spec_a, spec_b, fam_a, fam_b, prefix_a, prefix_b):
+    def __init__(self, src, dst):
         super().__init__()
-        self.fam_a, self.fam_b, self.prefix_a, self.prefix_b = fam_a, fam_b, prefix_a, prefix_b
-        shape = spec_b['in_shape']
-        if fam_b == 'cnn':
-            self.c, self.h = shape[0], shape[1]
-        elif fam_b == 'swin':
-            self.h, self.c = shape[0], shape[2]
-        else:
-            self.c, self.h = shape[1], int(round((shape[0] - prefix_b)**0.5))
+        self.src, self.dst = src, dst  # TensorSpecs (dery.zoo.layout)
+        self.c, self.h = dst.channels, dst.grid[0]
 
     def forward(self, x):
-        x = _to_map(x, self.fam_a, self.prefix_a)
+        x, _ = self.src.to_map(x)
         if x.shape[2] != self.h:
             s = max(1, x.shape[2] // self.h)
             x = x[:, :, ::s, ::s][:, :, :self.h, :self.h]
         c = x.shape[1]
         x = x[:, :self.c] if c >= self.c else F.pad(x, (0, 0, 0, 0, 0, self.c - c))
-        if self.fam_b == 'cnn':
-            return x.contiguous()
-        if self.fam_b == 'swin':
-            return x.permute(0, 2, 3, 1).contiguous()
-        tokens = x.flatten(2).transpose(1, 2)
-        if self.prefix_b:
-            tokens = torch.cat([tokens.new_zeros(tokens.shape[0], self.prefix_b, tokens.shape[2]), tokens], 1)
-        return tokens
+        prefix = None
+        if self.dst.prefix_tokens:
+            prefix = x.new_zeros(x.shape[0], self.dst.prefix_tokens, self.c)
+        return self.dst.from_map(x.contiguous(), prefix).contiguous()
 
 
 class Bare(nn.Module):
@@ -92,17 +71,16 @@ class Bare(nn.Module):
             if isinstance(bb.stitches[k - 1], nn.Identity):
                 self.adapters.append(nn.Identity())
             else:
-                self.adapters.append(FreeAdapter(bb.specs[k - 1], bb.specs[k], bb.families[k - 1], bb.families[k],
-                                                 bb.prefixes[k - 1], bb.prefixes[k]))
+                self.adapters.append(FreeAdapter(bb.out_specs[k - 1], bb.in_specs[k]))
         last = len(bb.blocks) - 1
         self.norm = bb.out_norms[str(last)] if str(last) in bb.out_norms else nn.Identity()
-        self.family, self.prefix = bb.families[last], bb.prefixes[last]
+        self.out_spec = bb.out_specs[last]
 
     def forward(self, x):
         x = self.blocks[0](self.stem(x))
         for adapter, block in zip(self.adapters, self.blocks[1:]):
             x = block(adapter(x))
-        return (_to_map(self.norm(x), self.family, self.prefix), )
+        return (self.out_spec.to_nchw(self.norm(x)), )
 
 
 class Classifier(nn.Module):
@@ -121,13 +99,12 @@ class SourceModel(nn.Module):
     def __init__(self, zm):
         super().__init__()
         self.stem, self.body = zm.stem(), zm.cut(0, len(zm.nodes) - 1)
-        self.family, self.prefix = zm.family, zm.num_prefix_tokens
-        shape = zm.shapes(len(zm.nodes) - 1)[1]
-        self.channels = shape[0] if zm.family == 'cnn' else shape[-1]
+        self.out_spec = zm.out_spec(-1)
+        self.channels = self.out_spec.channels
         self.norm = nn.LayerNorm(self.channels) if zm.family != 'cnn' else nn.Identity()
 
     def forward(self, x):
-        return (_to_map(self.norm(self.body(self.stem(x))), self.family, self.prefix), )
+        return (self.out_spec.to_nchw(self.norm(self.body(self.stem(x)))), )
 
 
 def step_fn(model, x, y):
@@ -165,16 +142,16 @@ def main():
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from dery.models import ReassembledBackbone, ZooCache
+    from dery.models import ReassembledBackbone
+    from dery.zoo import ZooCache
     from dery.zoo.analysis import count_params
 
     t_build = time.perf_counter()
     torch.manual_seed(0)
     size = (3, args.size, args.size)
     cache = ZooCache(None, pretrained=False, input_size=size)
-    bb = ReassembledBackbone(PRESETS[args.preset], input_size=size, stitch_init='random', _zoo_cache=cache)
-    last = bb.specs[-1]
-    ch = last['out_shape'][0] if bb.families[-1] == 'cnn' else last['out_shape'][-1]
+    bb = ReassembledBackbone(PRESETS[args.preset], zoo=cache, stitch_init='random')
+    ch = bb.out_specs[-1].channels
     nets = {'reassembled': Classifier(bb, ch), 'bare': Classifier(Bare(bb), ch)}
     if args.source:
         src = SourceModel(cache[args.source])

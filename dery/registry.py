@@ -7,16 +7,67 @@ layers) are found from mmpretrain configs. The five pipeline registries are
 children of mmengine's root registries so that users can register their own
 metric, partitioner, proxy or solver from ``custom_imports``.
 
-Building an unknown type raises a ``KeyError`` whose message lists the names
+Building an unknown type raises a ``KeyError`` (:class:`dery.errors.UnknownTypeError`) whose message lists the names
 registered in that registry (and its parents), so a typo is one look away from
 its fix.
 """
 from mmengine.registry import Registry as _MMEngineRegistry
 from mmpretrain import registry as mmpretrain_registry
 
+from dery.errors import ConfigError, UnknownTypeError
+
+#: registries whose classes' arguments are checked against the config before building
+_CHECKED_ARGUMENTS = ('zoo adapter', 'similarity', 'partitioner', 'proxy', 'solver')
+from dery.utils.checkpoint import register_safe_globals
+
+# mmengine's own checkpoint loading (Runner resume, load_checkpoint) under torch's safe loader
+register_safe_globals()
+
+
+def accepted_arguments(obj):
+    """The keyword arguments a registered class (or function) takes; None when it takes any.
+
+    Follows ``**kwargs`` up the class hierarchy: ``LinearCKA(unbiased, **kwargs)``
+    passes them on to ``BaseSimilarity(pooling, dtype)``, so it takes all three.
+    """
+    import inspect
+    names = set()
+    chain = obj.__mro__ if inspect.isclass(obj) else (obj, )
+    for klass in chain:
+        if klass is object:
+            return names
+        init = klass.__dict__.get('__init__') if inspect.isclass(obj) else klass
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            names.discard('self')
+            return names
+    return None
+
+
+def unknown_arguments_message(name, obj, keys):
+    """A one-line message for config keys ``keys`` that ``obj`` does not take, or None."""
+    import difflib
+    accepted = accepted_arguments(obj)
+    if accepted is None:
+        return None
+    bad = [k for k in keys if k not in accepted and k != 'type']
+    if not bad:
+        return None
+    close = sorted({c for k in bad for c in difflib.get_close_matches(k, sorted(accepted), n=2)})
+    hint = f' (did you mean {", ".join(close)}?)' if close else ''
+    return (f'{name} does not take {", ".join(repr(b) for b in bad)}{hint}; its arguments: '
+            f'{", ".join(sorted(accepted)) or "none"}. Fix the config (a base config\'s leftover keys go away '
+            'with `_delete_=True`)')
+
 
 class Registry(_MMEngineRegistry):
-    """An mmengine ``Registry`` whose unknown-type error lists the choices."""
+    """An mmengine ``Registry`` whose unknown-type and unknown-argument errors list the choices."""
 
     def _lineage(self):
         reg = self
@@ -41,12 +92,17 @@ class Registry(_MMEngineRegistry):
     def build(self, cfg, *args, **kwargs):
         if isinstance(cfg, dict) and isinstance(cfg.get('type'), str):
             name = cfg['type']
-            if self.get(name) is None:
-                raise KeyError(
+            obj = self.get(name)
+            if obj is None:
+                raise UnknownTypeError(
                     f"'{name}' is not registered in the {self.scope}::{self.name} "
                     f'registry; registered names: {", ".join(self._known_names())}. '
                     'Fix the `type` in your config, or import the module that '
                     'registers it (e.g. via `custom_imports`).')
+            if self.name in _CHECKED_ARGUMENTS:
+                msg = unknown_arguments_message(f'{self.name} {name}', obj, cfg.keys())
+                if msg:
+                    raise ConfigError(msg)
         return super().build(cfg, *args, **kwargs)
 
 

@@ -40,11 +40,24 @@ def tiny_cfg(**over):
 
 
 def run_tool(tool, *argv):
-    """Run ``tools/<tool>.py`` in this process as the user would from the shell."""
+    """Run ``tools/<tool>.py`` in this process as the user would from the shell.
+
+    A tool that stops with an error exits with code 2 after printing one line
+    ``error: ...``: that line becomes the message of the ``SystemExit``.
+    """
+    import contextlib
+    import io
     old = sys.argv
     sys.argv = [osp.join(ROOT, 'tools', tool), *argv]
+    err = io.StringIO()
     try:
-        runpy.run_path(sys.argv[0], run_name='__main__')
+        with contextlib.redirect_stderr(err):
+            runpy.run_path(sys.argv[0], run_name='__main__')
+    except SystemExit as e:
+        if e.code in (0, None):
+            return
+        lines = [ln for ln in err.getvalue().splitlines() if ln.startswith('error: ')]
+        raise SystemExit(lines[-1] if lines else f'exit code {e.code}') from None
     finally:
         sys.argv = old
 
@@ -234,7 +247,7 @@ def c_partition_not_json(tmp_path, staged):
 def c_assembly_other_zoo(tmp_path, staged):
     from mmengine.registry import init_default_scope
 
-    from dery.apis import resolve_model_cfg
+    from dery.assembly import resolve_model_cfg
     from dery.registry import MODELS
     _, work = staged
     rec = json.load(open(osp.join(work, 'assembly.json')))
@@ -292,8 +305,8 @@ def c_dist_unreachable(tmp_path, staged):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    code = ('from mmengine.config import Config\nfrom dery.apis.cli import setup_dist\n'
-            'setup_dist(Config(dict(env_cfg=dict(dist_cfg=dict(backend="gloo", timeout=3)))), "pytorch")\n')
+    code = ('from mmengine.config import Config\nfrom dery.cli import run, setup_distributed\n'
+            'run(setup_distributed, Config(dict(env_cfg=dict(dist_cfg=dict(backend="gloo", timeout=3)))), "pytorch")\n')
     env = dict(os.environ, RANK='1', LOCAL_RANK='1', WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
                MASTER_PORT=str(port), PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=90)
@@ -320,7 +333,7 @@ CASES = [
      [r"'NASWAT' is not registered.*proxy", 'NASWOT', 'Fix the `type`']),
     ('registry-solver', _registry_case(SOLVERS, 'ILP'), KeyError,
      [r"'ILP' is not registered.*solver", 'ILPSolver', 'Fix the `type`']),
-    ('tool-unknown-similarity', c_unknown_similarity_in_tool, KeyError,
+    ('tool-unknown-similarity', c_unknown_similarity_in_tool, SystemExit,
      [r"'LinerCKA' is not registered", 'LinearCKA']),
     ('zoo-missing-field', c_zoo_missing_field, ZooError, [r"'a'", 'model']),
     ('zoo-wrong-adapter', c_zoo_wrong_adapter, ZooError, [r"'a'", 'adapter', 'timmm', 'timm']),
@@ -341,7 +354,7 @@ CASES = [
     ('partition-eps-negative', c_eps_negative, ValueError, ['eps must be', '-0.1']),
     ('features-nan', c_features_nan, ValueError, [r'contains NaN or inf', 'check its weights']),
     ('similarity-nan', c_similarity_nan, ValueError, [r"similarity\[\('a', 'b'\)\] contains NaN or inf"]),
-    ('probe-empty', c_probe_empty, ValueError, ['probe num_samples must be']),
+    ('probe-empty', c_probe_empty, ValueError, ['probe num_samples is 0', r'set probe.num_samples >= 2']),
     ('probe-batch-zero', c_probe_zero_batch, ValueError, ['probe batch_size must be >= 1']),
     ('budget-min-gt-max', c_budget_min_gt_max, ValueError, [r'constraints.params: min \(2000000\) is larger than max']),
     ('budget-too-small', c_budget_too_small, ValueError,
@@ -358,7 +371,7 @@ CASES = [
     ('cfg-options-typo', c_cfg_options_typo, SystemExit, [r"'partitionr' is not in the config", 'check the key path']),
     ('config-missing', c_config_missing, SystemExit, ['config file not found', 'nope.py']),
     ('data-root-missing', c_data_root_missing, SystemExit, ['data_root', 'does not exist', 'no_data']),
-    ('num-classes-mismatch', c_num_classes_mismatch, ValueError,
+    ('num-classes-mismatch', c_num_classes_mismatch, SystemExit,
      ['head predicts 7 classes', 'has 4', 'model.head.num_classes=4']),
     ('dist-unreachable-master', c_dist_unreachable, SystemExit,
      [r'could not join the distributed job at 127\.0\.0\.1:\d+', 'MASTER_ADDR/MASTER_PORT']),
@@ -407,7 +420,7 @@ def test_seed_recorded_in_every_output(staged):
     _, work = staged
     part = json.load(open(osp.join(work, 'partition.json')))
     asm = json.load(open(osp.join(work, 'assembly.json')))
-    assert part['seed'] == 0 and asm['seed'] == 0 and asm['config_stamp']['partition_seed'] == 0
+    assert part['seed'] == 0 and asm['seed'] == 0 and asm['stamp']['inputs']['partition']['partitioner']['seed'] == 0
     sim = json.load(open(osp.join(work, 'similarity.json')))
     assert 'seed' in json.dumps(sim)
     assert torch.load(osp.join(work, 'assembled_init.pth'), weights_only=True)['meta']['seed'] == 0
@@ -423,7 +436,7 @@ def test_stale_partition_is_recomputed_not_reused(tmp_path, staged):
     dst = str(tmp_path / 'work')
     shutil.copytree(work, dst)
     record = assemble(tiny_cfg(partitioner=dict(num_sets=2)), dst)
-    assert len(record['blocks']) == 2
+    assert len(record.blocks) == 2
     assert json.load(open(osp.join(dst, 'partition.json')))['num_sets'] == 2
 
 

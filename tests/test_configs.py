@@ -19,10 +19,9 @@ from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 
-from dery.apis import zoo_entries
-from dery.models import ReassembledBackbone, ZooCache
+from dery.models import ReassembledBackbone
 from dery.registry import HOOKS, MODELS
-from dery.zoo import load_zoo
+from dery.zoo import ZooCache, entries_from_config, load_zoo
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:  # projects/*/configs use custom_imports of projects.*
@@ -89,7 +88,7 @@ class Zoos:
         self.caches = {}
 
     def get(self, cfg):
-        entries = zoo_entries(cfg)
+        entries = entries_from_config(cfg.zoo)
         size = tuple(cfg.zoo.get('input_size', (3, 224, 224)))
         key = (tuple(e.cache_key() if hasattr(e, 'cache_key') else e.name for e in entries.values()), size)
         inline = any(not isinstance(m, str) for m in cfg.zoo.models)
@@ -138,10 +137,8 @@ def build_representative(cfg, zoos, frozen_blocks=None, stem='source'):
     assert bb_cfg.type == 'ReassembledBackbone' and bb_cfg.get('assembly') == 'auto'
     torch.manual_seed(0)
     frozen = bb_cfg.get('frozen_blocks', False) if frozen_blocks is None else frozen_blocks
-    backbone = ReassembledBackbone(blocks, input_size=cache.input_size, stem=stem, stitch_init='random',
-                                   frozen_blocks=frozen, _zoo_cache=cache)
-    last = backbone.specs[-1]
-    channels = last['out_shape'][0] if backbone.families[-1] == 'cnn' else last['out_shape'][-1]
+    backbone = ReassembledBackbone(blocks, zoo=cache, stem=stem, stitch_init='random', frozen_blocks=frozen)
+    channels = backbone.out_specs[-1].channels
     model_cfg = _plain(cfg.model.to_dict())
     assert model_cfg['head']['in_channels'] == 'auto'
     model_cfg['backbone'] = backbone
@@ -265,7 +262,7 @@ def test_grid_config_matches_its_name(path):
     # zoo: the paper's 24 models, every name resolves in model_zoo.yml
     assert list(cfg.zoo.models) == PAPER_ZOO
     assert cfg.zoo.pretrained is True and tuple(cfg.zoo.input_size) == (3, 224, 224)
-    assert set(zoo_entries(cfg)) == set(PAPER_ZOO) and set(PAPER_ZOO) <= set(load_zoo())
+    assert set(entries_from_config(cfg.zoo)) == set(PAPER_ZOO) and set(PAPER_ZOO) <= set(load_zoo())
     # DeRy stages
     assert cfg.partitioner.type == 'CoverSetPartitioner' and cfg.partitioner.num_sets == int(m['k'])
     assert (cfg.proxy.type, cfg.solver.type) == ('NASWOT', 'ILPSolver')
@@ -309,7 +306,7 @@ def test_grid_config_matches_its_name(path):
 
 
 def test_metafile_lists_every_config():
-    from dery.apis.model_index import list_models, load_model_index
+    from dery.model_index import list_models, load_model_index
     stems = sorted(_stem(p) for p in glob.glob(osp.join(CONFIGS, 'dery', '*.py')))
     assert list_models() == stems
     for info in load_model_index().values():

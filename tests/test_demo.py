@@ -71,7 +71,7 @@ def test_digits_split():
 ], ids=['mmpretrain-resnet', 'timm-vit'])
 def test_export_zoo_weights_roundtrip(tmp_path, entry):
     """A trained one-block backbone -> zoo state dict -> the adapter loads it -> the same function."""
-    from dery.apis.demo import export_zoo_weights
+    from dery.demo.export import export_zoo_weights
     from dery.models import ReassembledBackbone
     from dery.zoo import build_zoo_model
     torch.manual_seed(0)
@@ -118,7 +118,9 @@ def _md_table(text, first_header):
 @pytest.mark.timeout(900)
 def test_demo_quick_end_to_end(tmp_path):
     pytest.importorskip('sklearn')
-    from dery.apis.demo import fmt_top1, human, read_scalars
+    from dery.demo.jobs import read_scalars
+    from dery.demo.report import fmt_top1
+    from dery.utils import human
     work = tmp_path / 'demo'
     out = _run_demo(work)
     for stage in ('stage 1/6 data', 'stage 2/6 pretrain', 'stage 3/6 similarity + partition', 'stage 4/6 assemble',

@@ -222,3 +222,59 @@ def test_training_killed_resumes(reference, tmp_path):
     assert osp.isfile(osp.join(work_dir, 'iter_6.pth')), out[-3000:]
     for name, mtime in stamps.items():
         assert os.stat(osp.join(work_dir, name)).st_mtime_ns == mtime, f'{name} was redone on resume'
+
+
+# Under torchrun: every rank writes its pid, and each feature batch is slowed down so that a kill
+# lands inside the similarity stage.
+SLOW_RANK = """
+import os, runpy, sys, time
+open(os.path.join(sys.argv[1], 'rank%s.pid' % os.environ['RANK']), 'w').write(str(os.getpid()))
+from dery.similarity import pipeline
+_orig = pipeline.capture_batch
+
+
+def _slow(*args, **kwargs):
+    time.sleep(0.25)
+    print('MARK batch rank', os.environ['RANK'], flush=True)
+    return _orig(*args, **kwargs)
+
+
+pipeline.capture_batch = _slow
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def test_torchrun_rank_killed_in_similarity_then_rerun_equals_uninterrupted(reference, tmp_path):
+    """Kill rank 1 of a 2-process CPU run in the middle of the feature capture; the rerun resumes the
+    features and gives the uninterrupted single-process outputs, bit for bit."""
+    import numpy as np
+    work_dir = str(tmp_path / 'work')
+    os.makedirs(work_dir)
+    wrapper = tmp_path / 'slow_rank.py'
+    wrapper.write_text(SLOW_RANK)
+    torchrun = osp.join(osp.dirname(sys.executable), 'torchrun')
+    tool_args = [osp.join(ROOT, 'tools', 'partition.py'), TINY, '--launcher', 'pytorch', '--work-dir', work_dir,
+                 '--cfg-options', *OPTS]
+    proc = subprocess.Popen([torchrun, '--nproc_per_node', '2', '--master_port', str(_free_port()), str(wrapper),
+                             str(tmp_path), *tool_args], cwd=ROOT, env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    marks, killed, lines = 0, False, []
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:
+        lines.append(line)
+        if 'MARK batch rank 1' in line:
+            marks += 1
+            if marks == 4:  # rank 1 is inside its second feature batch (3 models per batch)
+                with open(tmp_path / 'rank1.pid') as f:
+                    os.kill(int(f.read()), signal.SIGKILL)
+                killed = True
+        assert time.monotonic() < deadline, ''.join(lines)[-3000:]
+    proc.wait(timeout=60)
+    assert killed and proc.returncode != 0, ''.join(lines)[-3000:]
+    assert not osp.isfile(osp.join(work_dir, 'partition.json')), 'the killed run finished'
+    out = _run([torchrun, '--nproc_per_node', '2', '--master_port', str(_free_port()), *tool_args])
+    assert 'resuming the features' in out, out[-3000:]
+    assert _read(osp.join(work_dir, 'partition.json')) == _read(osp.join(reference, 'partition.json'))
+    with np.load(osp.join(work_dir, 'similarity.npz')) as a, np.load(osp.join(reference, 'similarity.npz')) as b:
+        assert np.array_equal(a['all'], b['all'])

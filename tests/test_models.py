@@ -5,7 +5,8 @@ import pytest
 import torch
 from mmengine.registry import init_default_scope
 
-from dery.models import ReassembledBackbone, StitchLayer, ZooCache, model_complexity
+from dery.models import ReassembledBackbone, StitchLayer, model_complexity
+from dery.zoo import ZooCache
 from dery.registry import MODELS
 from dery.zoo.analysis import count_params
 
@@ -38,7 +39,7 @@ def cache():
 def test_all_nine_transitions_forward_backward(cache, src, dst):
     # first half of src, second half of dst: spatial sizes and widths differ
     blocks = [dict(model=src, start=0, end=1), dict(model=dst, start=2, end=3)]
-    bb = ReassembledBackbone(blocks, _zoo_cache=cache, input_size=(3, 32, 32), out_indices=(0, 1))
+    bb = ReassembledBackbone(blocks, zoo=cache, input_size=(3, 32, 32), out_indices=(0, 1))
     x = torch.randn(2, 3, 32, 32)
     outs = bb(x)
     assert len(outs) == 2 and all(o.dim() == 4 for o in outs)
@@ -55,11 +56,11 @@ def test_all_nine_transitions_forward_backward(cache, src, dst):
 def test_inside_image_classifier_any_last_family(cache):
     for last in TINY:
         blocks = [dict(model='cnn', start=0, end=1), dict(model=last, start=2, end=3)]
-        bb = ReassembledBackbone(blocks, _zoo_cache=cache, input_size=(3, 32, 32))
+        bb = ReassembledBackbone(blocks, zoo=cache, input_size=(3, 32, 32))
         channels = bb(torch.randn(1, 3, 32, 32))[-1].shape[1]
         model = MODELS.build(dict(
             type='ImageClassifier', backbone=dict(type='ReassembledBackbone', blocks=blocks,
-                                                  _zoo_cache=cache, input_size=(3, 32, 32)),
+                                                  zoo=cache, input_size=(3, 32, 32)),
             neck=dict(type='GlobalAveragePooling'),
             head=dict(type='LinearClsHead', num_classes=3, in_channels=channels)))
         logits = model(torch.randn(2, 3, 32, 32), mode='tensor')
@@ -68,7 +69,7 @@ def test_inside_image_classifier_any_last_family(cache):
 
 def test_frozen_blocks(cache):
     blocks = [dict(model='vit', start=0, end=1), dict(model='swin', start=2, end=3)]
-    bb = ReassembledBackbone(blocks, _zoo_cache=cache, input_size=(3, 32, 32), frozen_blocks=True)
+    bb = ReassembledBackbone(blocks, zoo=cache, input_size=(3, 32, 32), frozen_blocks=True)
     bb.train()
     assert not any(p.requires_grad for blk in bb.blocks for p in blk.parameters())
     assert all(not m.training for blk in bb.blocks for m in blk.modules())
@@ -79,8 +80,8 @@ def test_frozen_blocks(cache):
 
 def test_source_stem_needs_first_node(cache):
     with pytest.raises(ValueError, match="stem='resnet'"):
-        ReassembledBackbone([dict(model='cnn', start=1, end=2)], _zoo_cache=cache, input_size=(3, 32, 32))
-    bb = ReassembledBackbone([dict(model='cnn', start=1, end=2)], _zoo_cache=cache, input_size=(3, 32, 32),
+        ReassembledBackbone([dict(model='cnn', start=1, end=2)], zoo=cache, input_size=(3, 32, 32))
+    bb = ReassembledBackbone([dict(model='cnn', start=1, end=2)], zoo=cache, input_size=(3, 32, 32),
                              stem='resnet')
     assert bb.eval()(torch.randn(1, 3, 32, 32))[-1].shape[1] == cache['cnn'].shapes(2)[1][0]
 
@@ -90,8 +91,8 @@ def test_lstsq_beats_random(cache, src, dst):
     torch.manual_seed(0)
     images = torch.randn(24, 3, 32, 32)
     blocks = [dict(model=src, start=0, end=1), dict(model=dst, start=2, end=3)]
-    random_bb = ReassembledBackbone(blocks, _zoo_cache=cache, input_size=(3, 32, 32), stitch_init='random')
-    fitted_bb = ReassembledBackbone(blocks, _zoo_cache=cache, input_size=(3, 32, 32))
+    random_bb = ReassembledBackbone(blocks, zoo=cache, input_size=(3, 32, 32), stitch_init='random')
+    fitted_bb = ReassembledBackbone(blocks, zoo=cache, input_size=(3, 32, 32))
     err_fit = fitted_bb.fit_stitches(cache.models, images)[0]
     zs, zd = cache[src], cache[dst]
     with torch.no_grad():
@@ -104,7 +105,7 @@ def test_lstsq_beats_random(cache, src, dst):
 
 def test_complexity_counts_everything(cache):
     blocks = [dict(model='swin', start=0, end=1), dict(model='cnn', start=2, end=3)]
-    bb = ReassembledBackbone(blocks, _zoo_cache=cache, input_size=(3, 32, 32))
+    bb = ReassembledBackbone(blocks, zoo=cache, input_size=(3, 32, 32))
     params, flops = model_complexity(bb, (3, 32, 32))
     assert params == count_params(bb)
     swin, cnn = cache['swin'], cache['cnn']

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dery.partition import (CoverSetPartitioner, RandomPartitioner, UniformPartitioner,
-                            check_partition, evaluate_partition, initial_starts, size_limits)
+                            Partition, evaluate_partition, initial_starts, size_limits)
 from dery.registry import PARTITIONERS
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -108,7 +108,7 @@ def assert_plain_json(obj):
 def check_result(result, nodes, sim, K, eps):
     """All structural constraints, the objective and the anchor rule."""
     limits = {m: node_limit(len(v), K, eps) for m, v in nodes.items()}
-    check_partition(result, nodes, limits)           # contiguity, cover, one block per set
+    Partition.from_json(result).validate(nodes, limits)           # contiguity, cover, one block per set
     assert result['num_sets'] == K
     sp = spans(result)
     for m, blocks in sp.items():
@@ -137,7 +137,7 @@ def test_registered_and_built_from_config():
     part = PARTITIONERS.build(dict(type='CoverSetPartitioner', num_sets=3, restarts=5))
     assert isinstance(part, CoverSetPartitioner) and part.num_sets == 3
     nodes, sim = random_instance(0, num_models=3)
-    result = part.partition(nodes, sim)
+    result = part.partition(nodes, sim).to_json()
     assert result['type'] == 'CoverSetPartitioner' and result['num_sets'] == 3
     for key in ('similarity', 'seed', 'objective', 'models', 'sets'):
         assert key in result
@@ -153,7 +153,7 @@ def test_constraints_on_random_instances(seed):
     nodes, sim = random_instance(seed, num_models=int(rng.integers(2, 7)), min_nodes=K,
                                  max_nodes=15)
     result = CoverSetPartitioner(num_sets=K, eps=eps, restarts=15, seed=seed,
-                                 assignment=assignment).partition(nodes, sim)
+                                 assignment=assignment).partition(nodes, sim).to_json()
     check_result(result, nodes, sim, K, eps)
     if assignment == 'stage':
         for entry in result['models'].values():
@@ -165,7 +165,7 @@ def test_constraints_on_random_instances(seed):
 
 def test_more_sets_than_brute_force_limit_uses_linear_assignment():
     nodes, sim = random_instance(3, num_models=3, min_nodes=8, max_nodes=12)
-    result = CoverSetPartitioner(num_sets=7, eps=0.5, restarts=4, seed=1).partition(nodes, sim)
+    result = CoverSetPartitioner(num_sets=7, eps=0.5, restarts=4, seed=1).partition(nodes, sim).to_json()
     check_result(result, nodes, sim, 7, 0.5)
 
 
@@ -184,8 +184,8 @@ def test_params_size_limit():
     params = {m: [float(v) for v in rng.lognormal(10, 0.6, len(v))] for m, v in nodes.items()}
     eps = 0.5
     result = CoverSetPartitioner(num_sets=3, eps=eps, restarts=10, size_limit='params',
-                                 seed=0).partition(nodes, sim, node_params=params)
-    check_partition(result, nodes)
+                                 seed=0).partition(nodes, sim, node_params=params).to_json()
+    Partition.from_json(result).validate(nodes)
     for m, blocks in spans(result).items():
         limit = (1 + eps) * sum(params[m]) / 3
         for blk, (s, e) in zip(result['models'][m]['blocks'], blocks):
@@ -193,12 +193,12 @@ def test_params_size_limit():
             assert blk['params'] == pytest.approx(sum(params[m][s:e + 1]), rel=1e-9)
     assert result['size_limit'] == 'params'
     with pytest.raises(ValueError, match='node_params'):
-        CoverSetPartitioner(num_sets=3, size_limit='params').partition(nodes, sim)
+        CoverSetPartitioner(num_sets=3, size_limit='params').partition(nodes, sim).to_json()
     heavy = {m: [1.0] * len(v) for m, v in nodes.items()}
     heavy['net2'][0] = 1e6                      # one node alone is over (1+eps) * P / K
     with pytest.raises(ValueError, match="infeasible for model 'net2'"):
         CoverSetPartitioner(num_sets=3, size_limit='params').partition(nodes, sim,
-                                                                      node_params=heavy)
+                                                                      node_params=heavy).to_json()
 
 
 # ----------------------------------------------------------------------------- optimality
@@ -213,7 +213,7 @@ def test_matches_plain_python_reference(seed):
                                  max_nodes=16)
     R = 12
     result = CoverSetPartitioner(num_sets=K, eps=eps, restarts=R, seed=seed, refine=0,
-                                 assignment=assignment).partition(nodes, sim)
+                                 assignment=assignment).partition(nodes, sim).to_json()
     ref = _reference()(nodes, sim, K, eps, R, seed=seed, assignment=assignment)
     assert result['history']['restart_objectives'] == pytest.approx(ref['restart_objectives'],
                                                                   rel=1e-9)
@@ -231,9 +231,9 @@ def test_matches_plain_python_reference(seed):
 def test_refine_never_lowers_the_objective(seed):
     nodes, sim = random_instance(20 + seed, num_models=6, min_nodes=6, max_nodes=18)
     plain = CoverSetPartitioner(num_sets=4, restarts=10, seed=seed, refine=0).partition(nodes,
-                                                                                       sim)
+                                                                                       sim).to_json()
     refined = CoverSetPartitioner(num_sets=4, restarts=10, seed=seed, refine=3).partition(
-        nodes, sim)
+        nodes, sim).to_json()
     check_result(refined, nodes, sim, 4, 0.2)
     assert refined['objective'] >= plain['objective'] - 1e-9
 
@@ -268,7 +268,7 @@ def _brute_force_optimum(nodes, sim, K, eps):
 def test_reaches_global_optimum_on_tiny_instances(seed, K):
     nodes, sim = random_instance(40 + seed, num_models=3, min_nodes=K + 1, max_nodes=6)
     best = _brute_force_optimum(nodes, sim, K, 0.2)
-    result = CoverSetPartitioner(num_sets=K, restarts=30, seed=seed).partition(nodes, sim)
+    result = CoverSetPartitioner(num_sets=K, restarts=30, seed=seed).partition(nodes, sim).to_json()
     assert objective(result, sim) == pytest.approx(best, rel=1e-9)
 
 
@@ -318,7 +318,7 @@ def test_planted_partition_is_recovered(seed):
     nodes, sim, sizes, types = planted_instance(seed=seed)
     K, M = 4, len(nodes)
     result = CoverSetPartitioner(num_sets=K, eps=1.0, restarts=50, seed=seed).partition(
-        nodes, sim)
+        nodes, sim).to_json()
     check_result(result, nodes, sim, K, 1.0)
     assert result['objective'] == pytest.approx(2 * K * (M - 1))
     # expected set ids: types ordered by the mean relative depth of their blocks
@@ -337,7 +337,7 @@ def test_planted_partition_is_recovered(seed):
     assert [b['set'] for b in result['models']['m4']['blocks']] == [0, 2, 1, 3]
     # ... and needed: with block k forced into set k the optimum is out of reach
     stage = CoverSetPartitioner(num_sets=K, eps=1.0, restarts=50, seed=seed,
-                                assignment='stage').partition(nodes, sim)
+                                assignment='stage').partition(nodes, sim).to_json()
     assert stage['objective'] < result['objective'] - 0.5
 
 
@@ -345,16 +345,16 @@ def test_planted_partition_is_recovered(seed):
 def test_same_seed_gives_identical_json():
     nodes, sim = random_instance(11, num_models=6)
     cfg = dict(type='CoverSetPartitioner', restarts=20, seed=5)
-    a = json.dumps(PARTITIONERS.build(cfg).partition(nodes, sim))
-    b = json.dumps(PARTITIONERS.build(cfg).partition(nodes, sim))
+    a = json.dumps(PARTITIONERS.build(cfg).partition(nodes, sim).to_json())
+    b = json.dumps(PARTITIONERS.build(cfg).partition(nodes, sim).to_json())
     assert a == b
-    c = PARTITIONERS.build(dict(cfg, seed=6)).partition(nodes, sim)
+    c = PARTITIONERS.build(dict(cfg, seed=6)).partition(nodes, sim).to_json()
     assert c['seed'] == 6 and json.loads(a)['seed'] == 5
     # the seed drives the initial cuts
     assert not np.array_equal(initial_starts(nodes, 4, 20, 5), initial_starts(nodes, 4, 20, 6))
     for cls in (RandomPartitioner, UniformPartitioner):
-        assert (json.dumps(cls(seed=3).partition(nodes, sim))
-                == json.dumps(cls(seed=3).partition(nodes, sim)))
+        assert (json.dumps(cls(seed=3).partition(nodes, sim).to_json())
+                == json.dumps(cls(seed=3).partition(nodes, sim).to_json()))
 
 
 def test_one_order_per_pair_and_plain_lists_are_enough():
@@ -362,19 +362,19 @@ def test_one_order_per_pair_and_plain_lists_are_enough():
     names = list(nodes)
     upper = {(a, b): sim[(a, b)].tolist() for i, a in enumerate(names) for b in names[i + 1:]}
     part = CoverSetPartitioner(restarts=8, seed=2)
-    assert json.dumps(part.partition(nodes, upper)) == json.dumps(part.partition(nodes, sim))
+    assert json.dumps(part.partition(nodes, upper).to_json()) == json.dumps(part.partition(nodes, sim).to_json())
 
 
 def test_metadata_and_timing():
     nodes, sim = random_instance(13, num_models=3)
     part = CoverSetPartitioner(restarts=3, similarity_type='cka', record_time=True,
                                progress=True)
-    result = part.partition(nodes, sim)
+    result = part.partition(nodes, sim).to_json()
     assert result['similarity'] == 'cka' and result['seconds'] >= 0
-    assert part.partition(nodes, sim, similarity_type='linear_cka')['similarity'] == \
+    assert part.partition(nodes, sim, similarity_type='linear_cka').to_json()['similarity'] == \
         'linear_cka'
-    assert 'seconds' not in CoverSetPartitioner(restarts=3).partition(nodes, sim)
-    assert CoverSetPartitioner(restarts=3).partition(nodes, sim)['similarity'] == 'unknown'
+    assert 'seconds' not in CoverSetPartitioner(restarts=3).partition(nodes, sim).to_json()
+    assert CoverSetPartitioner(restarts=3).partition(nodes, sim).to_json()['similarity'] == 'unknown'
     for key in ('eps', 'restarts', 'size_limit', 'assignment', 'size_limits', 'history'):
         assert key in result
 
@@ -384,7 +384,7 @@ def test_block_similarity_and_objective_by_hand():
     nodes = {'p': ['p0', 'p1', 'p2'], 'q': ['q0', 'q1', 'q2']}
     s = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.4], [0.1, 0.5, 0.7]])
     sim = {('p', 'q'): s, ('q', 'p'): s.T}
-    result = UniformPartitioner(num_sets=2).partition(nodes, sim)    # blocks [0,1], [2]
+    result = UniformPartitioner(num_sets=2).partition(nodes, sim).to_json()    # blocks [0,1], [2]
     assert [(b['start'], b['end']) for b in result['models']['p']['blocks']] == \
         [('p0', 'p1'), ('p2', 'p2')]
     # set 0: out s[1,1] = 0.8 + two raw inputs 1.0; set 1: out s[2,2] = 0.7 + in s[1,1] = 0.8
@@ -402,22 +402,22 @@ def test_block_similarity_and_objective_by_hand():
 # ----------------------------------------------------------------------------- baselines
 def test_baselines():
     nodes, sim = random_instance(14, num_models=5, min_nodes=5, max_nodes=17)
-    uni = UniformPartitioner(num_sets=4).partition(nodes, sim)
-    check_partition(uni, nodes)
+    uni = UniformPartitioner(num_sets=4).partition(nodes, sim).to_json()
+    Partition.from_json(uni).validate(nodes)
     for m, blocks in spans(uni).items():
         sizes = [e - s + 1 for s, e in blocks]
         assert max(sizes) - min(sizes) <= 1
         assert [b['set'] for b in uni['models'][m]['blocks']] == [0, 1, 2, 3]
     assert uni['objective'] == pytest.approx(objective(uni, sim), rel=1e-9)
-    rnd = RandomPartitioner(num_sets=4, eps=0.2, seed=1).partition(nodes, sim)
+    rnd = RandomPartitioner(num_sets=4, eps=0.2, seed=1).partition(nodes, sim).to_json()
     check_result(rnd, nodes, sim, 4, 0.2)
-    other = RandomPartitioner(num_sets=4, eps=0.2, seed=2).partition(nodes, sim)
+    other = RandomPartitioner(num_sets=4, eps=0.2, seed=2).partition(nodes, sim).to_json()
     assert spans(other) != spans(rnd)
-    free = RandomPartitioner(num_sets=4, eps=None, seed=1).partition(nodes, None)
-    check_partition(free, nodes)
+    free = RandomPartitioner(num_sets=4, eps=None, seed=1).partition(nodes, None).to_json()
+    Partition.from_json(free).validate(nodes)
     assert free['objective'] is None
     assert all(st['anchor'][0] == 'net0' for st in free['sets'])
-    best = CoverSetPartitioner(num_sets=4, restarts=20).partition(nodes, sim)
+    best = CoverSetPartitioner(num_sets=4, restarts=20).partition(nodes, sim).to_json()
     assert best['objective'] > max(uni['objective'], rnd['objective'])
     # a baseline's partition scored with its best anchors
     assert evaluate_partition(free, sim, repick_anchors=True) >= \
@@ -427,7 +427,7 @@ def test_baselines():
 # ----------------------------------------------------------------------------- errors
 def _bad(nodes, sim, **kw):
     part_kw = {k: kw.pop(k) for k in list(kw) if k in ('num_sets', 'eps')}
-    return lambda: CoverSetPartitioner(restarts=2, **part_kw).partition(nodes, sim, **kw)
+    return lambda: CoverSetPartitioner(restarts=2, **part_kw).partition(nodes, sim, **kw).to_json()
 
 
 def _errors():

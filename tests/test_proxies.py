@@ -166,7 +166,7 @@ def test_backbone_features_get_temporary_head(data):
 def test_pool_features_layouts():
     assert pool_features(torch.ones(2, 7)).shape == (2, 7)
     assert pool_features(torch.ones(2, 64, 7, 7)).shape == (2, 64)      # NCHW
-    assert pool_features(torch.ones(2, 7, 7, 768)).shape == (2, 768)    # Swin NHWC
+    assert pool_features(torch.ones(2, 7, 7, 768), 'swin').shape == (2, 768)    # Swin NHWC, declared
     assert pool_features(torch.ones(2, 50, 192)).shape == (2, 192)      # tokens
     x = torch.arange(2 * 4 * 3 * 3, dtype=torch.float).view(2, 4, 3, 3)
     assert torch.equal(pool_features(x, 'nhwc'), x.mean((1, 2)))

@@ -16,7 +16,8 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from dist_similarity_worker import build_tiny_zoo  # noqa: E402
 
 from dery.registry import SIMILARITIES  # noqa: E402
-from dery.similarity import ProbeSet, SimilarityResult, compute_similarity, pool_output  # noqa: E402
+from dery.similarity import ProbeSet, SimilarityResult, compute_similarity  # noqa: E402
+from dery.zoo.layout import pool as pool_output  # noqa: E402
 from dery.similarity.capture import model_key  # noqa: E402
 from dery.utils import get_logger  # noqa: E402
 
@@ -329,7 +330,8 @@ def test_probe_subset_and_batches():
     assert p.num_samples == 48 and [len(b) for b in p.batches] == [16, 16, 16]  # 1/20 by default
     assert ProbeSet(dict(full, num_samples=40)).num_samples == 40
     assert ProbeSet(dict(full, num_samples=0.1)).num_samples == 96
-    assert ProbeSet(dict(full, num_samples=5000)).num_samples == 960
+    with pytest.raises(ValueError, match='more than the 960 samples'):  # never truncated silently
+        ProbeSet(dict(full, num_samples=5000))
     assert list(ProbeSet(full).indices) == list(p.indices)
     assert list(ProbeSet(dict(full, seed=1)).indices) != list(p.indices)
     assert ProbeSet(dict(PROBE, num_samples=None)).num_samples == 16  # 1/20 of 96 is 4: one batch
@@ -350,7 +352,7 @@ def test_pool_output_layouts():
     assert torch.equal(pool_output(swin, 'swin'), cnn.mean((2, 3)))
     vit = torch.randn(2, 5, 8)  # 1 class token + 4 patches
     assert torch.allclose(pool_output(vit, 'vit'), vit.mean(1))
-    assert torch.allclose(pool_output(vit, 'vit', 'avg_patch', num_prefix_tokens=1), vit[:, 1:].mean(1))
+    assert torch.allclose(pool_output(vit, 'vit', 'avg_patch', prefix_tokens=1), vit[:, 1:].mean(1))
     with pytest.raises(ValueError):
         pool_output(vit, 'vit', 'median')
 

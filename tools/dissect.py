@@ -10,13 +10,7 @@ import argparse
 import os
 import time
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-
-import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from dery.zoo import build_zoo_model, load_zoo  # noqa: E402
+from dery.cli import run
 
 DEFAULT = ['resnet50_in1k', 'vit_small_mocov3', 'swin_tiny_in1k', 'regnety_800mf', 'mobilenetv3_large']
 
@@ -30,12 +24,15 @@ def parse_args():
     return p.parse_args()
 
 
-def fmt(n, unit):
-    return f'{n / 1e6:.2f}M' if unit == 'p' else f'{n / 1e9:.2f}G'
-
-
 def main():
     args = parse_args()
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from dery.utils import human
+    from dery.zoo import build_zoo_model, load_zoo
     console = Console(width=max(Console().width, 150))
     zoo = load_zoo(args.zoo)
     summary = Table(title=f'DeRy dissection ({len(args.models)} of {len(zoo)} zoo models, random init, '
@@ -57,8 +54,8 @@ def main():
             y = zm.cut(0, -1)(zm.stem()(x))
         diff = (y - ref).abs().max().item()
         summary.add_row(name, entry.adapter if entry else '?', zm.family, str(len(zm.nodes)),
-                        f'{zm.nodes[0]} .. {zm.nodes[-1]}', fmt(zm.stem_params(), 'p'), fmt(zm.params(), 'p'),
-                        fmt(zm.flops(), 'f'), f'{diff:.0e}', f'{time.perf_counter() - t0:.1f}')
+                        f'{zm.nodes[0]} .. {zm.nodes[-1]}', human(zm.stem_params(), 2), human(zm.params(), 2),
+                        human(zm.flops(), 2), f'{diff:.0e}', f'{time.perf_counter() - t0:.1f}')
         if name == detail_name:
             detail = zm
     console.print(summary)
@@ -69,9 +66,9 @@ def main():
         for row in detail.node_table():
             t.add_row(str(row['index']), row['name'], ', '.join(row['glue']) or '-',
                       'x'.join(map(str, row['in_shape'])), 'x'.join(map(str, row['out_shape'])),
-                      fmt(row['params'], 'p'), fmt(row['flops'], 'f'))
+                      human(row['params'], 2), human(row['flops'], 2))
         console.print(t)
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

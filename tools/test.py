@@ -6,52 +6,32 @@
 CONFIG is the training config (its work dir must hold assembly.json) or the
 standalone WORK_DIR/assembled.py.
 """
-import argparse
-import os
-import os.path as osp
-
-from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
-
-import dery  # noqa: F401
-from dery.apis import resolve_model_cfg
-from dery.apis.cli import add_check_hooks, check_cfg_options, check_data_roots, setup_distributed
-
-
-def parse_args():
-    p = argparse.ArgumentParser(description='Evaluate a DeRy (mmpretrain) model')
-    p.add_argument('config', help='test config file path')
-    p.add_argument('checkpoint', help='checkpoint file')
-    p.add_argument('--work-dir', help='the directory to save the evaluation metrics')
-    p.add_argument('--out', help='dump the predictions to a pickle file for offline evaluation')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings, key=value')
-    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    p.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = p.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+from dery.cli import run, test_parser
 
 
 def main():
-    args = parse_args()
-    if not osp.isfile(args.config):
-        raise SystemExit(f'error: config file not found: {args.config}')
+    args = test_parser(__doc__).parse_args()
+    import os.path as osp
+
+    from mmengine.runner import Runner
+
+    from dery.assembly import assembly_of_checkpoint, resolve_model_cfg, use_assembly
+    from dery.cli import add_check_hooks, check_data_roots, load_config, setup_distributed
+    from dery.errors import ConfigError
     if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'error: checkpoint not found: {args.checkpoint}')
-    cfg = Config.fromfile(args.config)
+        raise ConfigError(f'checkpoint not found: {args.checkpoint}')
+    cfg = load_config(args)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        check_cfg_options(cfg, args.cfg_options)
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     check_data_roots(cfg)
     add_check_hooks(cfg)
     setup_distributed(cfg, args.launcher)
-    resolve_model_cfg(cfg, cfg.work_dir)
+    bb = cfg.model.get('backbone') or {}
+    record = assembly_of_checkpoint(args.checkpoint) if bb.get('type') == 'ReassembledBackbone' else None
+    if record is not None:
+        use_assembly(cfg, record)  # the network the checkpoint was trained as, whatever --work-dir says
+        cfg.dery_assembly = f'the assembly of {args.checkpoint}'
+    else:
+        resolve_model_cfg(cfg, cfg.work_dir)
     # the trained checkpoint holds every weight: skip loading assembled_init.pth
     cfg.model.backbone.pop('init_cfg', None)
     cfg.load_from = args.checkpoint
@@ -65,4 +45,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

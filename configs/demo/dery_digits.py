@@ -6,12 +6,12 @@
 # tools/demo.py fills in the zoo weights (WORK_DIR/zoo/*.pth) and runs the stages of tools/train.py:
 # similarity + partition -> assembly -> fine-tuning; the baselines use this file's model head, data,
 # optimizer and schedule with another backbone.
-_base_ = ['./zoo.py', '../_base_/default_runtime.py']
+_base_ = ['./zoo.py', '../_base_/demo_training.py']
 
 num_classes = 10
 num_train = 150
-data_preprocessor = dict(type='ClsDataPreprocessor', num_classes=num_classes, mean=[127.5, 127.5, 127.5],
-                         std=[64.0, 64.0, 64.0], to_rgb=False)
+# the whole preprocessor (the demo's normalisation and these classes): the probe and proxy data use it too
+data_preprocessor = dict(_base_.data_preprocessor, num_classes=num_classes)
 _digits = dict(type='SklearnDigitsDataset', train_pool=1000, image_size=16, seed=0, style='colour')
 
 # ---------------------------------------------------------------- stage 1: similarity (probe: target train)
@@ -41,29 +41,16 @@ model = dict(
               loss=dict(type='CrossEntropyLoss', loss_weight=1.0), topk=(1, )))
 
 train_dataloader = dict(
-    batch_size=32, num_workers=0,
+    batch_size=32,
     dataset=dict(_digits, split='train', num_train=num_train,
-                 pipeline=[dict(type='RandomCrop', crop_size=16, padding=2), dict(type='PackInputs')]),
-    sampler=dict(type='InfiniteSampler', shuffle=True))
-val_dataloader = dict(
-    batch_size=200, num_workers=0,
-    dataset=dict(_digits, split='test', pipeline=[dict(type='PackInputs')]),
-    sampler=dict(type='DefaultSampler', shuffle=False))
-val_evaluator = dict(type='Accuracy', topk=(1, ))
+                 pipeline=[dict(type='RandomCrop', crop_size=16, padding=2), dict(type='PackInputs')]))
+val_dataloader = dict(dataset=dict(_digits, split='test', pipeline=[dict(type='PackInputs')]))
 test_dataloader = val_dataloader
-test_evaluator = val_evaluator
 
-optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05))
+optim_wrapper = dict(optimizer=dict(lr=1e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=10, end=150, T_max=140, eta_min=1e-5),
 ]
 train_cfg = dict(by_epoch=False, max_iters=150, val_interval=30)
-val_cfg = dict()
-test_cfg = dict()
-
-default_hooks = dict(logger=dict(interval=10, log_metric_by_epoch=False),
-                     checkpoint=dict(type='CheckpointHook', interval=-1, by_epoch=False, save_last=True))
-log_processor = dict(by_epoch=False)
-env_cfg = dict(dist_cfg=dict(backend='gloo'))
-randomness = dict(seed=0, deterministic=False)
+default_hooks = dict(logger=dict(interval=10))

@@ -5,10 +5,9 @@
 # tools/demo.py sets `model.backbone` and `model.head.in_channels` per zoo model and exports the trained
 # weights as the zoo model's state dict; run alone, this file pre-trains the first zoo model:
 #   python tools/train.py configs/demo/source_pretrain.py
-_base_ = ['./zoo.py', '../_base_/default_runtime.py']
+_base_ = ['./zoo.py', '../_base_/demo_training.py']
 
-data_preprocessor = dict(type='ClsDataPreprocessor', num_classes=16, mean=[127.5, 127.5, 127.5],
-                         std=[64.0, 64.0, 64.0], to_rgb=False)
+data_preprocessor = dict(num_classes=16)
 
 model = dict(
     type='ImageClassifier',
@@ -20,29 +19,16 @@ model = dict(
 
 _glyphs = dict(type='ProceduralGlyphDataset', num_classes=16, image_size=16, seed=0, cache_dir='work_dirs/demo/data')
 train_dataloader = dict(
-    batch_size=64, num_workers=0,
+    batch_size=64,
     # no augmentation: every glyph image is already a fresh random drawing
-    dataset=dict(_glyphs, num_samples=4000, split='train', pipeline=[dict(type='PackInputs')]),
-    sampler=dict(type='InfiniteSampler', shuffle=True))
-val_dataloader = dict(
-    batch_size=200, num_workers=0,
-    dataset=dict(_glyphs, num_samples=800, split='test', pipeline=[dict(type='PackInputs')]),
-    sampler=dict(type='DefaultSampler', shuffle=False))
-val_evaluator = dict(type='Accuracy', topk=(1, ))
+    dataset=dict(_glyphs, num_samples=4000, split='train', pipeline=[dict(type='PackInputs')]))
+val_dataloader = dict(dataset=dict(_glyphs, num_samples=800, split='test', pipeline=[dict(type='PackInputs')]))
 test_dataloader = val_dataloader
-test_evaluator = val_evaluator
 
-optim_wrapper = dict(optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05))
+optim_wrapper = dict(optimizer=dict(lr=2e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=20),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=20, end=400, T_max=380, eta_min=1e-5),
 ]
 train_cfg = dict(by_epoch=False, max_iters=400, val_interval=400)
-val_cfg = dict()
-test_cfg = dict()
-
-default_hooks = dict(logger=dict(interval=20, log_metric_by_epoch=False),
-                     checkpoint=dict(type='CheckpointHook', interval=-1, by_epoch=False, save_last=True))
-log_processor = dict(by_epoch=False)
-env_cfg = dict(dist_cfg=dict(backend='gloo'))
-randomness = dict(seed=0, deterministic=False)
+default_hooks = dict(logger=dict(interval=20))

@@ -1,12 +1,10 @@
 # DeRy(K=4, 50M params, 10G FLOPs) on CIFAR-10: the paper's 24-model zoo, FT protocol (all
 # trained), the paper's AdamW recipe for 40k iterations at a batch of 8 x 32.
 _base_ = [
-    '../_base_/models/dery.py', '../_base_/zoo/dery_zoo24.py',
+    '../_base_/recipes/dery-k4_downstream.py', '../_base_/zoo/dery_zoo24.py',
     '../_base_/datasets/cifar10_bs32_224.py',
-    '../_base_/schedules/downstream_bs256_adamw_40k.py', '../_base_/default_runtime.py'
+    '../_base_/schedules/downstream_bs256_adamw_40k.py'
 ]
 
 constraints = dict(params=(None, 50_000_000), flops=(None, 10_000_000_000))
-model = dict(head=dict(num_classes=10))
-default_hooks = dict(
-    logger=dict(interval=100), checkpoint=dict(by_epoch=False, interval=2000, max_keep_ckpts=2))
+model = dict(head=dict(num_classes=_base_.num_classes))

@@ -9,14 +9,12 @@
 # Fine-tuning options (FZ, lr multipliers, AMP, EMA, gradient clipping) are shown in
 # r50_swin_cifar_finetune-options.py and docs/train.md.
 _base_ = [
-    '../_base_/models/dery.py', '../_base_/zoo/r50_swin_t.py',
+    '../_base_/recipes/dery-k4_downstream.py', '../_base_/zoo/r50_swin_t.py',
     '../_base_/datasets/cifar100_bs32_224.py',
-    '../_base_/schedules/downstream_bs256_adamw_40k.py', '../_base_/default_runtime.py'
+    '../_base_/schedules/downstream_bs256_adamw_40k.py'
 ]
 
 constraints = dict(params=(None, 30_000_000), flops=(None, 6_000_000_000))
 # two models, K = 4: 16 candidate assemblies, all scored by the proxy
 solver = dict(type='ILPSolver', top_m=16)
-model = dict(backbone=dict(frozen_blocks=False), head=dict(num_classes=100))
-default_hooks = dict(
-    logger=dict(interval=100), checkpoint=dict(by_epoch=False, interval=2000, max_keep_ckpts=2))
+model = dict(backbone=dict(frozen_blocks=False), head=dict(num_classes=_base_.num_classes))

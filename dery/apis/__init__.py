@@ -1,9 +1,13 @@
-"""Python entry points of the three stages (notebooks, tools, tests)."""
-from .assemble import AssemblyError, assemble, assembly_table, backbone_cfg, resolve_model_cfg
-from .common import build_zoo, work_dir_of, zoo_entries
-from .model_index import get_model, get_model_info, list_models
-from .partition import partition, partition_table
+"""DeRy from Python: the user-facing entry points (as mmpretrain's ``apis``).
 
-__all__ = ['assemble', 'partition', 'partition_table', 'AssemblyError', 'backbone_cfg', 'build_zoo',
-           'assembly_table', 'resolve_model_cfg', 'get_model', 'get_model_info', 'list_models',
-           'work_dir_of', 'zoo_entries']
+``partition(cfg)`` (stages 1 + 2), ``assemble(cfg)`` (stage 3), and the model
+index: ``list_models``, ``get_model_info``, ``get_model``. The algorithms live
+in their packages (``dery.similarity``, ``dery.partition``, ``dery.assembly``).
+"""
+from .assemble import assemble
+from .model_index import get_model, get_model_info, list_models
+from .partition import partition
+from .train import prepare_stages
+
+__all__ = ['assemble', 'partition', 'get_model', 'get_model_info', 'list_models',
+           'prepare_stages']

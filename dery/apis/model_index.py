@@ -23,106 +23,15 @@ latest training checkpoint, else the assembled initial weights
 string is a checkpoint path or URL.
 """
 import copy
-import fnmatch
 import os
 import os.path as osp
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
 
-import yaml
 from mmengine.config import Config
 
-__all__ = ['ModelInfo', 'default_model_index', 'load_model_index', 'list_models', 'get_model_info',
-           'get_model', 'find_assembly']
+from dery.errors import ConfigError, MissingFileError
+from dery.model_index import find_assembly, get_model_info, list_models
 
-
-@dataclass
-class ModelInfo:
-    """One model of the index (a ``Models`` entry of a metafile)."""
-    name: str
-    config: Optional[str]          # absolute path
-    weights: Optional[str] = None
-    collection: Optional[str] = None
-    metadata: Dict = field(default_factory=dict)
-    results: List = field(default_factory=list)
-    metafile: Optional[str] = None
-
-
-def default_model_index():
-    """``$DERY_MODEL_INDEX``, else the ``model-index.yml`` of the source checkout."""
-    env = os.environ.get('DERY_MODEL_INDEX')
-    if env:
-        return env
-    return osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'model-index.yml'))
-
-
-def _read_yaml(path, what):
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'{what} not found: {path}')
-    with open(path, encoding='utf-8') as f:
-        data = yaml.safe_load(f)
-    return data or {}
-
-
-def load_model_index(path=None):
-    """``{lower-case name: ModelInfo}`` from a ``model-index.yml`` (or one metafile)."""
-    path = osp.abspath(path or default_model_index())
-    root = osp.dirname(path)
-    index = _read_yaml(path, 'model index')
-    metafiles = [osp.join(root, p) for p in index.get('Import', [])] if 'Import' in index else [path]
-    models = {}
-    for meta_path in metafiles:
-        meta = _read_yaml(meta_path, 'metafile')
-        for entry in meta.get('Models') or []:
-            name = entry['Name']
-            key = name.lower()
-            if key in models:
-                raise ValueError(f"model name '{name}' appears twice ({models[key].metafile} and {meta_path})")
-            config = entry.get('Config')
-            if config and not osp.isabs(config):
-                # mmpretrain's rule: paths are relative to the model index's folder
-                config = osp.join(root, config)
-            models[key] = ModelInfo(name=name, config=config, weights=entry.get('Weights'),
-                                    collection=entry.get('In Collection'),
-                                    metadata=dict(entry.get('Metadata') or {}),
-                                    results=list(entry.get('Results') or []), metafile=meta_path)
-    return models
-
-
-def list_models(pattern=None, model_index=None):
-    """Names in the index, optionally filtered by a shell-style ``pattern``."""
-    names = sorted(info.name for info in load_model_index(model_index).values())
-    if pattern:
-        names = [n for n in names if fnmatch.fnmatch(n.lower(), pattern.lower())]
-    return names
-
-
-def get_model_info(name, model_index=None):
-    """The :class:`ModelInfo` of ``name`` (case-insensitive)."""
-    models = load_model_index(model_index)
-    info = models.get(name.lower())
-    if info is None:
-        import difflib
-        close = difflib.get_close_matches(name.lower(), list(models), n=3)
-        hint = f"; did you mean {', '.join(models[c].name for c in close)}?" if close else ''
-        raise ValueError(f"no model '{name}' in the model index{hint} (dery.apis.list_models() lists them)")
-    return info
-
-
-def find_assembly(assembly=None, name=None):
-    """The ``assembly.json`` to build from: ``assembly`` (a file or a work dir), else
-    ``work_dirs/<name>/assembly.json`` when it exists; None when there is none."""
-    if assembly is not None:
-        path = osp.join(assembly, 'assembly.json') if osp.isdir(assembly) else assembly
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'assembly not found: {path} (give a work dir holding assembly.json, '
-                                    'or the assembly.json itself)')
-        return path
-    if name:
-        path = osp.join('work_dirs', name, 'assembly.json')
-        if osp.isfile(path):
-            return path
-    return None
+__all__ = ['get_model', 'list_models', 'get_model_info']
 
 
 def _latest_checkpoint(work_dir):
@@ -158,9 +67,9 @@ def get_model(model, pretrained=False, assembly=None, device=None, model_index=N
     """
     from mmengine.registry import DefaultScope
 
+    from dery.assembly import resolve_model_cfg
     from dery.registry import MODELS
     from dery.utils import get_logger
-    from .assemble import resolve_model_cfg
 
     info, name = None, None
     if isinstance(model, Config):
@@ -172,7 +81,7 @@ def get_model(model, pretrained=False, assembly=None, device=None, model_index=N
     elif isinstance(model, str):
         info = get_model_info(model, model_index)
         if not info.config or not osp.isfile(info.config):
-            raise FileNotFoundError(f"the config of '{info.name}' is missing: {info.config}")
+            raise MissingFileError(f"the config of '{info.name}' is missing: {info.config}")
         cfg = Config.fromfile(info.config)
         name = info.name
     else:
@@ -187,7 +96,7 @@ def get_model(model, pretrained=False, assembly=None, device=None, model_index=N
         path = find_assembly(assembly if assembly is not None else path, name)
         if path is None:
             cfg_hint = info.config if info else (cfg.filename or 'CONFIG')
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"'{name}' is a DeRy config: its architecture is the result of the search, and no "
                 f'assembly.json was found (looked in work_dirs/{name}/). Run `python tools/assemble.py '
                 f'{cfg_hint}` (tools/train.py does it too), or pass assembly=WORK_DIR or the path of an '
@@ -196,7 +105,7 @@ def get_model(model, pretrained=False, assembly=None, device=None, model_index=N
         bb['assembly'] = path
         resolve_model_cfg(cfg, work_dir)
     elif assembly is not None:
-        raise ValueError(f"'{name}' does not build a ReassembledBackbone from an assembly; "
+        raise ConfigError(f"'{name}' does not build a ReassembledBackbone from an assembly; "
                          'assembly= does not apply')
 
     checkpoint = None
@@ -210,7 +119,7 @@ def get_model(model, pretrained=False, assembly=None, device=None, model_index=N
                 get_logger().warning(f'get_model: no training checkpoint in {work_dir}; loading the assembled '
                                      'initial weights (zoo blocks, fitted stitches, untrained head)')
         else:
-            raise ValueError(f"no weights are known for '{name}'; pass pretrained=PATH")
+            raise ConfigError(f"no weights are known for '{name}'; pass pretrained=PATH")
     elif isinstance(pretrained, (str, os.PathLike)):
         checkpoint = str(pretrained)
     elif pretrained is not False and pretrained is not None:
@@ -224,9 +133,16 @@ def get_model(model, pretrained=False, assembly=None, device=None, model_index=N
         net = MODELS.build(cfg.model)
     if use_init:
         net.init_weights()
-    if checkpoint is not None:
+    if checkpoint is not None and osp.isfile(checkpoint):
+        from dery.utils import safe_torch_load
+        from dery.utils.checkpoint import check_state_dict, state_dict_of
+        state = state_dict_of(safe_torch_load(checkpoint))
+        check_state_dict(net, state, checkpoint, f"the network of '{name}'"
+                         + (f' ({bb["assembly"]})' if bb.get('assembly') else ''))
+        net.load_state_dict(state, strict=True)
+    elif checkpoint is not None:  # a URL: mmengine downloads it
         from mmengine.runner import load_checkpoint
-        load_checkpoint(net, checkpoint, map_location='cpu', logger=get_logger())
+        load_checkpoint(net, checkpoint, map_location='cpu', logger=get_logger(), strict=True)
     net._config = cfg
     if device is not None:
         net.to(device)

@@ -21,6 +21,7 @@ import functools
 import numpy as np
 from mmpretrain.datasets import BaseDataset
 
+from dery.errors import ConfigError
 from dery.registry import DATASETS
 
 
@@ -59,7 +60,7 @@ def colourise(ink, index, seed=0, style='grey'):
         grey = np.round(ink * 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
     if style != 'colour':
-        raise ValueError(f"style must be 'grey' or 'colour', got {style!r}")
+        raise ConfigError(f"style must be 'grey' or 'colour', got {style!r}")
     from .procedural import random_colours
     out = np.empty(ink.shape + (3, ), np.uint8)
     for k, i in enumerate(index):
@@ -74,14 +75,14 @@ def split_indices(labels, split, num_train=None, train_pool=1000, seed=0):
     """Indices of ``split``: ``test`` = outside the seeded training pool; ``train`` balanced prefix of it."""
     n = len(labels)
     if not 0 < train_pool < n:
-        raise ValueError(f'train_pool must be in 1..{n - 1}, got {train_pool}')
+        raise ConfigError(f'train_pool must be in 1..{n - 1}, got {train_pool}')
     perm = np.random.default_rng(seed).permutation(n)
     if split == 'test':
         return perm[train_pool:]
     pool = perm[:train_pool]
     num_train = train_pool if num_train is None else int(num_train)
     if not 0 < num_train <= train_pool:
-        raise ValueError(f'num_train must be in 1..{train_pool}, got {num_train}')
+        raise ConfigError(f'num_train must be in 1..{train_pool}, got {num_train}')
     # round-robin over the classes in pool order: every prefix is balanced
     classes = np.unique(labels)
     queues = {c: [i for i in pool if labels[i] == c] for c in classes}
@@ -118,9 +119,9 @@ class SklearnDigitsDataset(BaseDataset):
     def __init__(self, split='train', num_train=None, train_pool=1000, image_size=32, seed=0, style='grey',
                  pipeline=(), **kwargs):
         if split not in ('train', 'test'):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
         if style not in ('grey', 'colour'):
-            raise ValueError(f"style must be 'grey' or 'colour', got {style!r}")
+            raise ConfigError(f"style must be 'grey' or 'colour', got {style!r}")
         self.split, self.num_train, self.train_pool = split, num_train, int(train_pool)
         self.image_size, self.seed, self.style = int(image_size), int(seed), style
         super().__init__(ann_file='', metainfo=dict(self.METAINFO), data_root='', pipeline=list(pipeline),

@@ -23,6 +23,7 @@ import os.path as osp
 import numpy as np
 from mmpretrain.datasets import BaseDataset
 
+from dery.errors import ConfigError
 from dery.registry import DATASETS
 
 _FORMAT = 1  # bump when the renderer changes: cached files are keyed on it
@@ -169,10 +170,10 @@ class ProceduralGlyphDataset(BaseDataset):
     def __init__(self, num_samples=1000, num_classes=16, image_size=32, seed=0, split='train', cache_dir=None,
                  pipeline=(), **kwargs):
         if num_samples < 1 or num_classes < 2 or image_size < 8:
-            raise ValueError('ProceduralGlyphDataset needs num_samples >= 1, num_classes >= 2 and '
+            raise ConfigError('ProceduralGlyphDataset needs num_samples >= 1, num_classes >= 2 and '
                              f'image_size >= 8; got {num_samples}, {num_classes}, {image_size}')
         if split not in ('train', 'test'):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
         self.num_samples, self.num_classes = int(num_samples), int(num_classes)
         self.image_size, self.seed, self.split, self.cache_dir = int(image_size), int(seed), split, cache_dir
         metainfo = dict(classes=[f'glyph_{i}' for i in range(self.num_classes)])

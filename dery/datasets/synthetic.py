@@ -8,6 +8,7 @@ seed, so the same config always sees the same data.
 import numpy as np
 from mmpretrain.datasets import BaseDataset
 
+from dery.errors import ConfigError
 from dery.registry import DATASETS
 
 
@@ -31,7 +32,7 @@ class SyntheticImageDataset(BaseDataset):
     def __init__(self, num_samples=64, num_classes=4, image_size=32, seed=0, split='train',
                  noise=24.0, pipeline=(), **kwargs):
         if num_samples < 1 or num_classes < 1 or image_size < 4:
-            raise ValueError('SyntheticImageDataset needs num_samples >= 1, num_classes >= 1 and '
+            raise ConfigError('SyntheticImageDataset needs num_samples >= 1, num_classes >= 1 and '
                              f'image_size >= 4; got {num_samples}, {num_classes}, {image_size}')
         self.num_samples = int(num_samples)
         self.num_classes = int(num_classes)

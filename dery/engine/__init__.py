@@ -1,3 +1,3 @@
-from .hooks import DataCheckHook
+from .hooks import AssemblyRecordHook, CheckpointCheckHook, DataCheckHook
 
-__all__ = ['DataCheckHook']
+__all__ = ['DataCheckHook', 'CheckpointCheckHook', 'AssemblyRecordHook']

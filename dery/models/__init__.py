@@ -1,6 +1,6 @@
 """Reassembled networks: ``ReassembledBackbone``, stitch layers, complexity."""
-from .backbone import ReassembledBackbone, ZooCache
+from .backbone import ReassembledBackbone
 from .complexity import model_complexity
 from .stitch import StitchLayer
 
-__all__ = ['ReassembledBackbone', 'ZooCache', 'StitchLayer', 'model_complexity']
+__all__ = ['ReassembledBackbone', 'StitchLayer', 'model_complexity']

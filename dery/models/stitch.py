@@ -21,30 +21,13 @@ Initialisation: ``random`` (the original DeRy code) or ``lstsq`` (least
 squares on probe features of the two source models, as model-stitching work
 does: Csiszarik et al. 2021, SN-Net). :meth:`StitchLayer.fit` does the fit.
 """
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dery.errors import ConfigError
 from dery.registry import MODELS
-
-FAMILIES = ('cnn', 'vit', 'swin')
-
-
-def _grid(shape, family, prefix):
-    """(channels, H, W) of a canonical per-sample shape."""
-    if family == 'cnn':
-        c, h, w = shape
-    elif family == 'swin':
-        h, w, c = shape
-    else:
-        n, c = shape
-        side = int(round(math.sqrt(n - prefix)))
-        if side * side != n - prefix:
-            raise ValueError(f'vit tokens {n} - {prefix} prefix tokens do not form a square grid')
-        h = w = side
-    return c, h, w
+from dery.zoo.layout import TensorSpec, check_family, from_map, grid_of, to_map
 
 
 @MODELS.register_module()
@@ -64,17 +47,16 @@ class StitchLayer(nn.Module):
                  init='lstsq'):
         super().__init__()
         for fam in (in_family, out_family):
-            if fam not in FAMILIES:
-                raise ValueError(f'stitch family must be one of {FAMILIES}, got {fam!r}')
+            check_family(fam, 'stitch family')
         if init not in ('lstsq', 'random'):
-            raise ValueError(f"stitch init must be 'lstsq' or 'random', got {init!r}")
+            raise ConfigError(f"stitch init must be 'lstsq' or 'random', got {init!r}")
         self.in_family, self.out_family = in_family, out_family
         self.in_shape, self.out_shape = [int(s) for s in in_shape], [int(s) for s in out_shape]
         self.in_prefix = int(in_prefix) if in_family == 'vit' else 0
         self.out_prefix = int(out_prefix) if out_family == 'vit' else 0
         self.init = init
-        c_in, h_in, w_in = _grid(self.in_shape, in_family, self.in_prefix)
-        c_out, h_out, w_out = _grid(self.out_shape, out_family, self.out_prefix)
+        c_in, h_in, w_in = grid_of(self.in_shape, in_family, self.in_prefix)
+        c_out, h_out, w_out = grid_of(self.out_shape, out_family, self.out_prefix)
         self.c_in, self.c_out = c_in, c_out
         # integer downsampling -> strided conv; anything else -> resample + 1x1
         self.stride = 1
@@ -84,16 +66,22 @@ class StitchLayer(nn.Module):
         self.proj = nn.Conv2d(c_in, c_out, kernel_size=self.stride, stride=self.stride)
         self.prefix_proj = nn.Linear(c_in, c_out) if (self.in_prefix and self.out_prefix) else None
 
+    @classmethod
+    def from_specs(cls, src, dst, init='lstsq'):
+        """The stitch from a block output ``src`` to a block input ``dst`` (:class:`TensorSpec`)."""
+        return cls(src.family, src.shape, dst.family, dst.shape, src.prefix_tokens, dst.prefix_tokens, init=init)
+
+    @property
+    def in_spec(self):
+        return TensorSpec(self.in_family, self.in_shape, self.in_prefix)
+
+    @property
+    def out_spec(self):
+        return TensorSpec(self.out_family, self.out_shape, self.out_prefix)
+
     # ---------------------------------------------------------------- layout
     def _to_map(self, x):
-        if self.in_family == 'cnn':
-            return x, None
-        if self.in_family == 'swin':
-            return x.permute(0, 3, 1, 2), None
-        prefix, tokens = x[:, :self.in_prefix], x[:, self.in_prefix:]
-        b, n, c = tokens.shape
-        side = int(round(math.sqrt(int(n))))
-        return tokens.transpose(1, 2).reshape(b, c, side, int(n) // side), prefix
+        return to_map(x, self.in_family, self.in_prefix)
 
     def _target_hw(self, h, w):
         h, w = int(h), int(w)  # plain ints under jit tracing too
@@ -110,20 +98,12 @@ class StitchLayer(nn.Module):
         return m
 
     def _from_map(self, m, prefix):
-        if self.out_family == 'cnn':
-            return m
-        if self.out_family == 'swin':
-            return m.permute(0, 2, 3, 1)
-        tokens = m.flatten(2).transpose(1, 2)
-        if not self.out_prefix:
-            return tokens
-        if self.prefix_proj is not None:
+        cls = None
+        if self.out_prefix and self.prefix_proj is not None:
             cls = self.prefix_proj(prefix)
             if cls.shape[1] != self.out_prefix:
                 cls = cls.mean(1, keepdim=True).expand(-1, self.out_prefix, -1)
-        else:
-            cls = tokens.mean(1, keepdim=True).expand(-1, self.out_prefix, -1)
-        return torch.cat([cls, tokens], dim=1)
+        return from_map(m, self.out_family, cls, self.out_prefix)
 
     def forward(self, x):
         m, prefix = self._to_map(x)
@@ -148,7 +128,7 @@ class StitchLayer(nn.Module):
         rows_x = cols.transpose(1, 2).reshape(-1, cols.shape[1])
         rows_y = target_map.flatten(2).transpose(1, 2).reshape(-1, self.c_out)
         if rows_x.shape[0] != rows_y.shape[0]:
-            raise ValueError(f'stitch fit: {rows_x.shape[0]} source positions vs {rows_y.shape[0]} '
+            raise ConfigError(f'stitch fit: {rows_x.shape[0]} source positions vs {rows_y.shape[0]} '
                              'target positions; probe features of different resolutions')
         w, b = self._ridge(rows_x, rows_y, ridge, max_rows, seed)
         self.proj.weight.copy_(w.reshape(self.c_out, self.c_in, s, s).to(self.proj.weight))
@@ -169,14 +149,7 @@ class StitchLayer(nn.Module):
         return float((pred - y.float()).norm() / y.float().norm().clamp_min(1e-12))
 
     def _target_map(self, y):
-        if self.out_family == 'cnn':
-            return y, None
-        if self.out_family == 'swin':
-            return y.permute(0, 3, 1, 2), None
-        prefix, tokens = y[:, :self.out_prefix], y[:, self.out_prefix:]
-        b, n, c = tokens.shape
-        side = int(round(math.sqrt(int(n))))
-        return tokens.transpose(1, 2).reshape(b, c, side, int(n) // side), prefix
+        return to_map(y, self.out_family, self.out_prefix)
 
     @staticmethod
     def _ridge(x, y, ridge, max_rows, seed):

@@ -3,8 +3,12 @@ import numbers
 
 import numpy as np
 
+from dery.errors import ConfigError
 from dery.registry import PARTITIONERS
-from .base import BasePartitioner, _sample_starts, _set_layout, build_result, pick_anchors, prepare
+from .base import BasePartitioner
+from .kernels import pick_anchors, set_layout
+from .problem import prepare, sample_starts
+from .record import Partition
 
 __all__ = ['UniformPartitioner', 'RandomPartitioner']
 
@@ -38,10 +42,10 @@ class _FixedCutPartitioner(BasePartitioner):
         blockset = np.broadcast_to(np.arange(K), starts.shape).copy()
         anchors = None
         if problem.has_similarity:
-            _, _, e_ts, s_ts = _set_layout(starts[None], blockset[None], problem.sizes)
+            _, _, e_ts, s_ts = set_layout(starts[None], blockset[None], problem.sizes)
             anchors = pick_anchors(problem, e_ts, s_ts)[0][0]
         meta = self._meta(similarity_type, assignment='stage', **self._extra())
-        return build_result(problem, starts, blockset, anchors, meta, renumber=False)
+        return Partition.from_state(problem, starts, blockset, anchors, meta, renumber=False)
 
 
 @PARTITIONERS.register_module()
@@ -73,7 +77,7 @@ class RandomPartitioner(_FixedCutPartitioner):
     def __init__(self, num_sets=4, eps=0.2, seed=0, size_limit='nodes', **kwargs):
         super().__init__(num_sets=num_sets, seed=seed, **kwargs)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f'seed must be an integer, got {seed!r}')
+            raise ConfigError(f'seed must be an integer, got {seed!r}')
         self._use_limit = eps is not None
         self.eps = float(eps) if eps is not None else 1e9
         self.size_limit = size_limit if eps is not None else 'nodes'
@@ -83,4 +87,4 @@ class RandomPartitioner(_FixedCutPartitioner):
 
     def _starts(self, problem):
         rng = np.random.default_rng(self.seed)
-        return np.stack([_sample_starts(f, problem.K, 1, rng)[0] for f in problem.feasible])
+        return np.stack([sample_starts(f, problem.K, 1, rng)[0] for f in problem.feasible])

@@ -5,10 +5,13 @@ import time
 
 import numpy as np
 
+from dery.errors import ConfigError
 from dery.registry import PARTITIONERS
 from dery.utils import get_logger
-from .base import (IMPROVE_TOL, BasePartitioner, Workspace, _round, _sample_starts,
-                   _set_layout, build_result, pick_anchors, prepare)
+from .base import BasePartitioner
+from .kernels import Workspace, pick_anchors, set_layout
+from .problem import IMPROVE_TOL, check_eps, prepare, sample_starts
+from .record import Partition, round_significant
 
 __all__ = ['CoverSetPartitioner']
 
@@ -20,13 +23,13 @@ class _State:
         self.starts = starts
         self.blockset = blockset
         R, M, K = starts.shape
-        self.ends, self.setblock, _, _ = _set_layout(starts, blockset, problem.sizes)
+        self.ends, self.setblock, _, _ = set_layout(starts, blockset, problem.sizes)
         self.anchors = np.zeros((R, K), dtype=np.int64)
         self.scores = np.zeros((R, K))
         self.dirty = np.ones((R, M), dtype=bool)
 
     def layout(self, problem):
-        self.ends, self.setblock, e_ts, s_ts = _set_layout(self.starts, self.blockset,
+        self.ends, self.setblock, e_ts, s_ts = set_layout(self.starts, self.blockset,
                                                            problem.sizes)
         return e_ts, s_ts
 
@@ -154,14 +157,14 @@ class CoverSetPartitioner(BasePartitioner):
         for name, val, low in (('restarts', restarts, 1), ('max_iters', max_iters, 1),
                                ('refine', refine, 0)):
             if isinstance(val, bool) or not isinstance(val, numbers.Integral) or val < low:
-                raise ValueError(f'{name} must be an integer >= {low}, got {val!r}')
+                raise ConfigError(f'{name} must be an integer >= {low}, got {val!r}')
         if size_limit not in ('nodes', 'params'):
-            raise ValueError(f"size_limit must be 'nodes' or 'params', got {size_limit!r}")
+            raise ConfigError(f"size_limit must be 'nodes' or 'params', got {size_limit!r}")
         if assignment not in ('free', 'stage'):
-            raise ValueError(f"assignment must be 'free' or 'stage', got {assignment!r}")
+            raise ConfigError(f"assignment must be 'free' or 'stage', got {assignment!r}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f'seed must be an integer, got {seed!r}')
-        self.eps = eps
+            raise ConfigError(f'seed must be an integer, got {seed!r}')
+        self.eps = check_eps(eps)
         self.restarts = int(restarts)
         self.max_iters = int(max_iters)
         self.refine = int(refine)
@@ -191,7 +194,7 @@ class CoverSetPartitioner(BasePartitioner):
                           node_params, self.input_similarity, self.input_feature_similarity)
         R, K = self.restarts, problem.K
         rng = np.random.default_rng(self.seed)
-        starts = np.stack([_sample_starts(f, K, R, rng) for f in problem.feasible], axis=1)
+        starts = np.stack([sample_starts(f, K, R, rng) for f in problem.feasible], axis=1)
         state = self.solve(problem, starts)
         r = state['best_restart']
         meta = self._meta(
@@ -199,15 +202,15 @@ class CoverSetPartitioner(BasePartitioner):
             size_limit=self.size_limit, assignment=self.assignment, refine=self.refine,
             best_restart=r, iterations=state['iterations'], converged=state['converged'],
             refined_restarts=state['refined'],
-            history={'restart_objectives': [_round(v) for v in state['objectives']]})
+            history={'restart_objectives': [round_significant(v) for v in state['objectives']]})
         seconds = time.perf_counter() - t0
         if self.record_time:
             meta['seconds'] = round(seconds, 4)
-        result = build_result(problem, state['starts'][r], state['blockset'][r],
-                              state['anchors'][r], meta)
+        result = Partition.from_state(problem, state['starts'][r], state['blockset'][r],
+                                      state['anchors'][r], meta)
         get_logger().info(
             f'CoverSetPartitioner: {problem.M} models, K={K}, {R} restarts -> objective '
-            f'{result["objective"]} (restart {r}, {state["iterations"]} iterations'
+            f'{result.objective} (restart {r}, {state["iterations"]} iterations'
             f'{"" if state["converged"] else ", not converged"}) in {seconds:.2f}s')
         return result
 
@@ -278,7 +281,7 @@ class CoverSetPartitioner(BasePartitioner):
                     dirty |= moved
                     dirty[ch] |= (anchors[ch][:, :, None] == np.arange(M)).any(axis=1)
                     changed |= ch
-            ends, setblock, e_ts, s_ts = _set_layout(starts, blockset, problem.sizes)
+            ends, setblock, e_ts, s_ts = set_layout(starts, blockset, problem.sizes)
             anchors, scores, ch = pick_anchors(problem, e_ts, s_ts, anchors, ws=ws)
             dirty[ch] = True                  # anchors changed: every model may move
             changed |= ch
@@ -380,7 +383,7 @@ class CoverSetPartitioner(BasePartitioner):
                 setblock[r, a] = np.argsort(blockset[r, a], kind='stable')
             improved[pr[better]] = True
         if improved.any():
-            ends, setblock, e_ts, s_ts = _set_layout(starts, blockset, problem.sizes)
+            ends, setblock, e_ts, s_ts = set_layout(starts, blockset, problem.sizes)
             anchors, scores, _ = pick_anchors(problem, e_ts, s_ts, anchors, ws=ws)
             dirty[improved] = True
             st.put(cand, starts, ends, blockset, setblock, anchors, dirty, scores)

@@ -1,7 +1,9 @@
 """Training-free proxies that score a network on a few target batches.
 
 ``NASWOT`` (the paper's default), ``SynFlow``, ``SNIP``, ``GradNorm``, ``Jacov`` and
-``Fisher``, registered in ``dery.registry.PROXIES``::
+``Fisher``, and the transferability estimators ``LogME``, ``HScore``, ``TransRate`` and
+``GBC`` (scores of the pooled penultimate features on labelled target data), all
+registered in ``dery.registry.PROXIES``::
 
     proxy = PROXIES.build(dict(type='NASWOT', num_batches=5, batch_size=32, seed=0))
     batches = proxy.sample(data)       # optional: reuse the same batches for many models
@@ -12,7 +14,8 @@ from .data import ProxyBatches, sample_batches
 from .gradient import SNIP, Fisher, GradNorm, SynFlow
 from .jacov import Jacov
 from .naswot import NASWOT, activation_modules
+from .transferability import GBC, HScore, LogME, TransRate
 
-__all__ = ['BaseProxy', 'NASWOT', 'SynFlow', 'SNIP', 'GradNorm', 'Jacov', 'Fisher',
-           'sample_batches', 'ProxyBatches', 'preserve_model_state', 'pool_features',
+__all__ = ['BaseProxy', 'NASWOT', 'SynFlow', 'SNIP', 'GradNorm', 'Jacov', 'Fisher', 'LogME', 'HScore',
+           'TransRate', 'GBC', 'sample_batches', 'ProxyBatches', 'preserve_model_state', 'pool_features',
            'model_output', 'prunable_weights', 'activation_modules']

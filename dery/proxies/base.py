@@ -6,8 +6,9 @@ Every proxy is used as::
     score = proxy.score(model, data)   # float, higher is better
 
 ``model`` maps images ``[B, 3, H, W]`` to logits ``[B, num_classes]`` or to
-features (a backbone: ``[B, C]``, ``[B, C, H, W]``, tokens ``[B, N, C]`` or
-Swin's ``[B, H, W, C]``; a tuple/list output counts by its last element).
+features (a backbone: ``[B, C]``, ``[B, C, H, W]``, tokens ``[B, N, C]``, or
+Swin's ``[B, H, W, C]`` with ``feature_format='swin'``; a tuple/list output
+counts by its last element).
 ``data`` is anything :func:`~dery.proxies.sample_batches` takes.
 
 While scoring, the model is moved to ``device`` (CUDA when available) and put
@@ -29,7 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dery.errors import ConfigError
 from dery.utils import get_logger
+from dery.zoo.layout import FAMILIES, pool
 
 from .data import ProxyBatches, sample_batches
 
@@ -97,7 +100,7 @@ def model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         out = [v for v in out.values() if isinstance(v, torch.Tensor)]
     while isinstance(out, (tuple, list)):
         if not out:
-            raise ValueError('proxy: the model returned an empty tuple/list')
+            raise ConfigError('proxy: the model returned an empty tuple/list')
         out = out[-1]
     if not isinstance(out, torch.Tensor):
         raise TypeError(
@@ -106,25 +109,30 @@ def model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def pool_features(feat: torch.Tensor, feature_format: str = 'auto') -> torch.Tensor:
-    """Pool a model output to ``[B, C]``.
+#: ``feature_format`` names of the layouts (torch / NHWC spelling -> DeRy family).
+_FORMAT_ALIASES = dict(nchw='cnn', nhwc='swin', tokens='vit')
 
-    ``[B, C]`` is kept; ``[B, N, C]`` tokens -> mean over tokens; ``[B, C, H, W]``
-    -> mean over H, W; ``[B, H, W, C]`` (Swin, NHWC) -> mean over H, W. In
-    ``'auto'`` a 4-D output is read as NHWC when its last dim is larger than both
-    others (channels outnumber the spatial size of a final feature map), else
-    NCHW; pass ``feature_format='nchw'`` or ``'nhwc'`` to decide.
+
+def feature_family(feature_format) -> str:
+    """The :mod:`dery.zoo.layout` family a ``feature_format`` names."""
+    fam = _FORMAT_ALIASES.get(feature_format, feature_format)
+    if fam not in FAMILIES:
+        raise ConfigError(f'proxy feature_format must be a layout family ({", ".join(FAMILIES)}) or one of '
+                         f'{", ".join(_FORMAT_ALIASES)}, got {feature_format!r}')
+    return fam
+
+
+def pool_features(feat: torch.Tensor, feature_format: str = 'cnn') -> torch.Tensor:
+    """Pool a model output to ``[B, C]`` with :func:`dery.zoo.layout.pool`.
+
+    ``[B, C]`` is kept; ``[B, N, C]`` tokens -> mean over tokens; a 4-D output
+    is read in the declared layout: ``'cnn'``/``'nchw'`` (default: torch's
+    channels-first, what necks and ``ReassembledBackbone`` return) or
+    ``'swin'``/``'nhwc'``. The layout is declared, never guessed from the sizes.
     """
-    if feat.ndim == 2:
-        return feat
-    if feat.ndim == 3:
-        return feat.mean(1)
-    if feat.ndim == 4:
-        fmt = feature_format
-        if fmt == 'auto':
-            fmt = 'nhwc' if feat.shape[3] > max(feat.shape[1], feat.shape[2]) else 'nchw'
-        return feat.mean((1, 2)) if fmt == 'nhwc' else feat.mean((2, 3))
-    return feat.flatten(2).mean(-1)
+    if feat.ndim > 4:
+        return feat.flatten(2).mean(-1)
+    return pool(feat, feature_family(feature_format), 'avg')
 
 
 def prunable_weights(model: nn.Module) -> List[torch.nn.Parameter]:
@@ -162,7 +170,8 @@ class BaseProxy:
             None: from the data set's metainfo, else max label + 1.
         output: ``'auto'`` (an output ``[B, num_classes]`` is logits, anything
             else features), ``'logits'`` or ``'features'``.
-        feature_format: how to pool 4-D features, see :func:`pool_features`.
+        feature_format: the layout of 4-D feature outputs, see
+            :func:`pool_features` (default ``'cnn'``, channels first).
     """
 
     name = 'proxy'
@@ -172,16 +181,13 @@ class BaseProxy:
     def __init__(self, num_batches: int = 5, batch_size: int = 32, seed: int = 0,
                  device: Optional[str] = None, mode: str = 'train', preprocess=None,
                  num_classes: Optional[int] = None, output: str = 'auto',
-                 feature_format: str = 'auto'):
+                 feature_format: str = 'cnn'):
         if mode not in ('train', 'eval'):
-            raise ValueError(f"proxy mode must be 'train' or 'eval', got {mode!r}")
+            raise ConfigError(f"proxy mode must be 'train' or 'eval', got {mode!r}")
         if output not in ('auto', 'logits', 'features'):
-            raise ValueError(
+            raise ConfigError(
                 f"proxy output must be 'auto', 'logits' or 'features', got {output!r}")
-        if feature_format not in ('auto', 'nchw', 'nhwc'):
-            raise ValueError(
-                f"proxy feature_format must be 'auto', 'nchw' or 'nhwc', got "
-                f'{feature_format!r}')
+        feature_family(feature_format)
         self.num_batches = int(num_batches)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -239,7 +245,7 @@ class BaseProxy:
                     m.training = False
 
     def _fail(self, kind: str, detail: str):
-        raise ValueError(
+        raise ConfigError(
             f'proxy {type(self).__name__} produced {kind} on this model: {detail}; '
             "check the model's output / the input normalisation")
 
@@ -262,7 +268,7 @@ class BaseProxy:
     @staticmethod
     def _labelled(batches: ProxyBatches, name: str) -> None:
         if any(lab is None for _, lab in batches):
-            raise ValueError(
+            raise ConfigError(
                 f'proxy {name} needs class labels, but the target data has none; use '
                 'NASWOT, Jacov or SynFlow, or give (image, label) data')
 
@@ -273,7 +279,7 @@ class BaseProxy:
         if self.output == 'logits' or (
                 self.output == 'auto' and out.ndim == 2 and out.shape[1] == num_classes):
             if out.ndim != 2 or out.shape[1] != num_classes:
-                raise ValueError(
+                raise ConfigError(
                     f"proxy {type(self).__name__}: output='logits' but the model returns "
                     f'{tuple(out.shape)}, not [B, {num_classes}]')
             return out
@@ -292,7 +298,7 @@ class BaseProxy:
     def _loss(self, model, imgs, labels, num_classes, state) -> torch.Tensor:
         logits = self._logits(self._forward(model, imgs), num_classes, state)
         if int(labels.max()) >= num_classes or int(labels.min()) < 0:
-            raise ValueError(
+            raise ConfigError(
                 f'proxy {type(self).__name__}: labels outside 0..{num_classes - 1}; set '
                 'num_classes to the number of target classes')
         loss = F.cross_entropy(logits.float(), labels)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from dery.errors import ConfigError
 from dery.utils import get_logger
 
 __all__ = ['ProxyBatches', 'sample_batches', 'IMAGENET_MEAN', 'IMAGENET_STD']
@@ -47,7 +48,7 @@ def _label_to_int(label) -> Optional[int]:
         if label.numel() == 0:
             return None
         if label.numel() != 1:
-            raise ValueError(
+            raise ConfigError(
                 f'proxy data: expected one class label per image, got a label of shape '
                 f'{tuple(label.shape)}; multi-label targets are not supported by the proxies')
         return int(label.reshape(-1)[0])
@@ -68,7 +69,7 @@ def _to_chw(img) -> torch.Tensor:
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3:
-        raise ValueError(
+        raise ConfigError(
             f'proxy data: expected an image of shape [C, H, W], got {tuple(t.shape)}')
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
@@ -160,7 +161,7 @@ def _default_normalise(imgs: torch.Tensor) -> torch.Tensor:
 def _stack(imgs: Sequence[torch.Tensor]) -> torch.Tensor:
     shapes = {tuple(t.shape) for t in imgs}
     if len(shapes) > 1:
-        raise ValueError(
+        raise ConfigError(
             f'proxy data: images of different sizes {sorted(shapes)[:3]} cannot be '
             'batched; resize them in the data pipeline or pass a `preprocess` that '
             'pads/resizes (e.g. the model\'s ClsDataPreprocessor)')
@@ -233,7 +234,7 @@ def sample_batches(data, num_batches: int = 5, batch_size: int = 32, seed: int =
         return data
     num_batches, batch_size = int(num_batches), int(batch_size)
     if num_batches < 1 or batch_size < 1:
-        raise ValueError(
+        raise ConfigError(
             f'num_batches and batch_size must be >= 1, got {num_batches} and {batch_size}')
     need = num_batches * batch_size
     preprocess = _build_preprocess(preprocess)
@@ -270,7 +271,7 @@ def sample_batches(data, num_batches: int = 5, batch_size: int = 32, seed: int =
                 f'proxy data of type {type(data).__name__} is not supported; pass an '
                 '(images, labels) tensor pair, a data set, a DataLoader or an iterable')
     if not samples:
-        raise ValueError('proxy data is empty: the target data set has no samples')
+        raise ConfigError('proxy data is empty: the target data set has no samples')
     if len(samples) < need:
         get_logger().warning(
             f'proxy data has only {len(samples)} samples, fewer than num_batches x '

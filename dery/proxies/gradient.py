@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from dery.errors import ConfigError
 from dery.registry import PROXIES
 
 from .base import BaseProxy, prunable_weights
@@ -35,7 +36,7 @@ class _GradProxy(BaseProxy):
             p.requires_grad_(True)
         weights = prunable_weights(model)
         if not weights:
-            raise ValueError(
+            raise ConfigError(
                 f'proxy {type(self).__name__} found no Conv/Linear weight in this model')
         state, scores = {}, []
         for imgs, labels in self._batches_on(batches, device):
@@ -132,7 +133,7 @@ class SynFlow(BaseProxy):
                 p.abs_()
         weights = prunable_weights(model)
         if not weights:
-            raise ValueError('proxy SynFlow found no Conv/Linear weight in this model')
+            raise ConfigError('proxy SynFlow found no Conv/Linear weight in this model')
         shape = (1,) + tuple(batches[0][0].shape[1:])
         x = torch.ones(shape, dtype=torch.float64, device=device)
         out = self._forward(model, x)

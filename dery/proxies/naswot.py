@@ -7,6 +7,7 @@ from typing import List
 import torch
 import torch.nn as nn
 
+from dery.errors import ConfigError
 from dery.registry import PROXIES
 from dery.utils import get_logger
 
@@ -88,7 +89,7 @@ class NASWOT(BaseProxy):
                 acts = _linear_modules(model)
                 K, units = self._kernel(model, imgs, acts)
                 if units == 0:
-                    raise ValueError(
+                    raise ConfigError(
                         'proxy NASWOT found no activation, Linear or Conv module to hook in '
                         'this model; use another proxy (Jacov, SynFlow)')
             scores.append(self._logdet(K, units))

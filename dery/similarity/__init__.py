@@ -6,12 +6,12 @@ caching, distributed, outputs); the metrics are registered in
 (``update(feats_a, feats_b)`` / ``compute()`` / ``reset()``).
 """
 from .capture import (DEFAULT_PREPROCESSOR, ProbeSet, capture_batch, capture_nodes, model_key,
-                      pool_output, pooled_dims)
-from .metrics import (CCA, POOLINGS, SVCCA, BaseSimilarity, LinearCKA, LinearRegression,
-                      MinibatchCKA, RBFCKA)
+                      pooled_dims)
+from .metrics import (CCA, SVCCA, BaseSimilarity, LinearCKA, LinearRegression, MinibatchCKA, RBFCKA,
+                      StoredFeatures)
 from .pipeline import SimilarityResult, compute_similarity
 
-__all__ = ['compute_similarity', 'SimilarityResult', 'BaseSimilarity', 'LinearCKA',
-           'MinibatchCKA', 'RBFCKA', 'LinearRegression', 'SVCCA', 'CCA', 'POOLINGS',
-           'ProbeSet', 'pool_output', 'pooled_dims', 'capture_batch', 'capture_nodes', 'model_key',
+__all__ = ['compute_similarity', 'SimilarityResult', 'BaseSimilarity', 'StoredFeatures', 'LinearCKA',
+           'MinibatchCKA', 'RBFCKA', 'LinearRegression', 'SVCCA', 'CCA',
+           'ProbeSet', 'pooled_dims', 'capture_batch', 'capture_nodes', 'model_key',
            'DEFAULT_PREPROCESSOR']

@@ -24,6 +24,7 @@ import zlib
 
 import numpy as np
 
+from dery.errors import ConfigError
 from dery.utils import atomic_save_json, get_logger
 
 _CRC_ROWS_BYTES = 64 << 20
@@ -90,7 +91,7 @@ class FeatureCache:
     def _check_dims(self, dims):
         dims = [int(d) for d in dims]
         if len(dims) != len(self.nodes) or min(dims, default=1) < 1:
-            raise ValueError(f'{len(dims)} node sizes for {len(self.nodes)} nodes')
+            raise ConfigError(f'{len(dims)} node sizes for {len(self.nodes)} nodes')
         return dims
 
     # ------------------------------------------------------------ finished
@@ -107,14 +108,14 @@ class FeatureCache:
         try:
             man = _read_json(self.manifest)
             if man.get('key') != self.key:
-                raise ValueError(f'its key {str(man.get("key"))[:16]} is not {self.key[:16]}')
+                raise ConfigError(f'its key {str(man.get("key"))[:16]} is not {self.key[:16]}')
             dims = self._check_dims(man['dims'])
             arr = np.load(self.path, mmap_mode='c')
             if arr.dtype != np.float32 or arr.shape != (self.n, sum(dims)):
-                raise ValueError(f'shape {arr.shape} {arr.dtype}, expected ({self.n}, {sum(dims)}) '
+                raise ConfigError(f'shape {arr.shape} {arr.dtype}, expected ({self.n}, {sum(dims)}) '
                                  'float32')
             if verify and _crc_rows(arr, self.n) != man.get('crc32'):
-                raise ValueError('CRC-32 mismatch (the file is corrupted)')
+                raise ConfigError('CRC-32 mismatch (the file is corrupted)')
             self.dims = dims
             return arr
         except Exception as e:  # noqa: BLE001 - any failure means recompute
@@ -134,14 +135,14 @@ class FeatureCache:
             try:
                 prog = _read_json(self.progress)
                 if prog.get('key') != self.key:
-                    raise ValueError('key mismatch')
+                    raise ConfigError('key mismatch')
                 dims = self._check_dims(prog['dims'])
                 mm = np.load(self.partial, mmap_mode='r+')
                 if mm.dtype != np.float32 or mm.shape != (self.n, sum(dims)):
-                    raise ValueError(f'shape {mm.shape}')
+                    raise ConfigError(f'shape {mm.shape}')
                 rows = int(prog['rows_done'])
                 if not 0 <= rows <= self.n or _crc_rows(mm, rows) != prog['crc32']:
-                    raise ValueError('CRC-32 mismatch (the file is corrupted)')
+                    raise ConfigError('CRC-32 mismatch (the file is corrupted)')
                 self._mm, self._crc, self.dims = mm, int(prog['crc32']), dims
                 self.rows_done, self.batches_done = rows, int(prog['batches_done'])
                 get_logger().info(f'similarity: resuming the features of {self.name} at batch '

@@ -6,7 +6,7 @@
   normalises them with mmpretrain's ``ClsDataPreprocessor``. Batches are
   defined once for the whole run, so a distributed run (rank ``r`` takes
   batches ``r, r + W, ...``) sees exactly the batches of a single process.
-* :func:`pool_output` reduces one node output to one vector per sample.
+* node outputs are pooled to one vector per sample with :func:`dery.zoo.layout.pool`.
 * :func:`capture_batch` runs one zoo model on one batch (one forward pass,
   hooks on the nodes, stopping after the last node) and returns the pooled
   features of all its nodes as one ``[B, sum(dims)]`` tensor.
@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .metrics import POOLINGS
+from dery.errors import ConfigError
+
 
 #: ImageNet normalisation (mmpretrain's numbers), used when the probe config
 #: gives no ``data_preprocessor``.
@@ -58,39 +59,10 @@ def digest(*objs):
 # --------------------------------------------------------------------------
 # pooling
 # --------------------------------------------------------------------------
-def pool_output(x, family, pooling='avg', num_prefix_tokens=0):
-    """One vector per sample from a node output in DeRy's canonical layout.
-
-    ``cnn`` ``[B, C, H, W]`` -> mean (max) over ``H, W``; ``swin``
-    ``[B, H, W, C]`` -> over ``H, W``; ``vit`` ``[B, N, C]`` -> over the tokens:
-    ``'avg'`` averages *all* tokens, class/register tokens included (the
-    original DeRy code's choice), ``'avg_patch'`` only the patch tokens;
-    ``'flatten'`` keeps everything (``[B, prod(shape)]``).
-    """
-    if pooling not in POOLINGS:
-        raise ValueError(f'pooling must be one of {POOLINGS}, got {pooling!r}')
-    b = x.shape[0]
-    if pooling == 'flatten' or x.dim() <= 2:
-        return x.reshape(b, -1)
-    if x.dim() == 3:  # tokens [B, N, C]
-        if pooling == 'avg_patch' and num_prefix_tokens and x.shape[1] > num_prefix_tokens:
-            x = x[:, num_prefix_tokens:]
-        dims = (1, )
-    elif family == 'swin' and x.dim() == 4:  # [B, H, W, C]
-        dims = (1, 2)
-    else:  # channels first [B, C, *spatial]
-        dims = tuple(range(2, x.dim()))
-    return x.amax(dim=dims) if pooling == 'max' else x.mean(dim=dims)
-
-
 def pooled_dims(zoo_model, pooling):
     """Per-node pooled feature sizes, from the traced node output shapes."""
-    dims = []
-    for node in zoo_model.nodes:
-        out_shape = zoo_model.shapes(node)[1]
-        dims.append(pool_output(torch.zeros((1, ) + tuple(out_shape)), zoo_model.family, pooling,
-                                zoo_model.num_prefix_tokens).shape[1])
-    return dims
+    return [zoo_model.out_spec(i).pool(zoo_model.out_spec(i).zeros(), pooling).shape[1]
+            for i in range(len(zoo_model.nodes))]
 
 
 def _model_device(zoo_model):
@@ -130,9 +102,8 @@ def capture_nodes(zoo_model, inputs, pooling):
         x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
     with torch.no_grad():
         outs = zoo_model.node_outputs(x)
-    fam = zoo_model.family
-    npt = zoo_model.num_prefix_tokens if pooling == 'avg_patch' else 0
-    return [pool_output(o, fam, pooling, npt) for o in outs.values()]
+    spec = zoo_model.out_spec(-1)  # family and prefix tokens are the model's
+    return [spec.pool(o, pooling) for o in outs.values()]
 
 
 # --------------------------------------------------------------------------
@@ -215,22 +186,30 @@ def model_key(zoo_model):
 # probe data
 # --------------------------------------------------------------------------
 def _resolve_num_samples(num, total, batch_size):
-    if total < 1:
-        raise ValueError('the probe dataset is empty')
+    """The probe size: ``None`` (1/20 of the set, at least one batch), a count or a fraction.
+
+    At least 2 samples (a similarity between features of one sample is not
+    defined), and never more than the data set has.
+    """
+    if total < 2:
+        raise ConfigError(f'the probe dataset has {total} sample(s); the similarity needs at least 2: '
+                          'give probe.dataset more images')
     if num is None:
-        return min(total, max(total // 20, batch_size))
-    if isinstance(num, bool) or not isinstance(num, (int, float, np.integer, np.floating)):
-        raise TypeError(f'probe num_samples must be None, an int or a fraction, got {num!r}')
-    if isinstance(num, (float, np.floating)):
-        if 0 < num <= 1:  # a fraction of the dataset
-            return max(1, int(round(total * float(num))))
-        if not float(num).is_integer():
-            raise ValueError('probe num_samples must be a count or a fraction in (0, 1], '
-                             f'got {num}')
+        num = min(total, max(total // 20, batch_size))
+    elif isinstance(num, bool) or not isinstance(num, (int, float, np.integer, np.floating)):
+        raise ConfigError(f'probe num_samples must be None, an int or a fraction, got {num!r}')
+    elif isinstance(num, (float, np.floating)) and 0 < num <= 1:
+        num = int(round(total * float(num)))  # a fraction of the dataset
+    elif isinstance(num, (float, np.floating)) and not float(num).is_integer():
+        raise ConfigError(f'probe num_samples must be a count or a fraction in (0, 1], got {num}')
     num = int(num)
-    if num < 1:
-        raise ValueError(f'probe num_samples must be >= 1, got {num}')
-    return min(num, total)
+    if num < 2:
+        raise ConfigError(f'probe num_samples is {num}; the similarity needs at least 2 samples '
+                          '(the paper uses 1/20 of the target training set): set probe.num_samples >= 2')
+    if num > total:
+        raise ConfigError(f'probe num_samples={num} is more than the {total} samples of the probe data set; '
+                          f'set probe.num_samples <= {total} (or None: 1/20 of the set)')
+    return num
 
 
 def _collate(samples):
@@ -246,9 +225,18 @@ def _collate(samples):
                 img = img[..., None]
             imgs.append(torch.from_numpy(img).permute(2, 0, 1).contiguous())
         return dict(inputs=imgs, data_samples=None)
-    raise TypeError('probe samples must be dicts with `inputs` (end the dataset pipeline with '
+    raise ConfigError('probe samples must be dicts with `inputs` (end the dataset pipeline with '
                     "dict(type='PackInputs')) or `img`; got "
                     f'{type(first).__name__} {list(first)[:5] if isinstance(first, dict) else ""}')
+
+
+def probe_identity(probe_cfg):
+    """What in a ``probe`` config can change the similarity (for stage stamps)."""
+    cfg = dict(probe_cfg or {})
+    ds = cfg.get('dataset')
+    return dict(dataset=ds if isinstance(ds, dict) or ds is None else repr(ds),
+                batch_size=int(cfg.get('batch_size', 32)), num_samples=cfg.get('num_samples'),
+                seed=int(cfg.get('seed', 0)), data_preprocessor=cfg.get('data_preprocessor') or DEFAULT_PREPROCESSOR)
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -278,7 +266,7 @@ class ProbeSet:
         from dery.registry import DATASETS, MODELS
         import dery.datasets  # noqa: F401  (registers the synthetic data)
         if not isinstance(probe_cfg, dict) or 'dataset' not in probe_cfg:
-            raise ValueError('probe config needs a `dataset` entry, e.g. dict(dataset=dict('
+            raise ConfigError('probe config needs a `dataset` entry, e.g. dict(dataset=dict('
                              "type='SyntheticImageDataset', ...), batch_size=32)")
         cfg = dict(probe_cfg)
         ds = cfg['dataset']
@@ -286,7 +274,7 @@ class ProbeSet:
         total = len(self.dataset)
         self.batch_size = int(cfg.get('batch_size', 32))
         if self.batch_size < 1:
-            raise ValueError(f'probe batch_size must be >= 1, got {self.batch_size}')
+            raise ConfigError(f'probe batch_size must be >= 1, got {self.batch_size}')
         self.num_workers = int(cfg.get('num_workers', 0))
         self.seed = int(cfg.get('seed', 0))
         num = _resolve_num_samples(cfg.get('num_samples'), total, self.batch_size)
@@ -303,6 +291,10 @@ class ProbeSet:
             blob = blob.numpy() if torch.is_tensor(blob) else np.asarray(blob)
             ds_ident = dict(cls=type(self.dataset).__name__, len=total,
                             first=hashlib.sha256(np.ascontiguousarray(blob).tobytes()).hexdigest())
+        #: what defines the probe batches (readable, for stage stamps) and its digest
+        self.identity = dict(dataset=ds_ident, total=total, num_samples=num, batch_size=self.batch_size,
+                             seed=self.seed, preprocessor=dict(pp),
+                             indices=hashlib.sha256(self.indices.tobytes()).hexdigest())
         self.key = digest(dict(dataset=ds_ident, total=total, num=num, seed=self.seed,
                                preprocessor=dict(pp),
                                indices=hashlib.sha256(self.indices.tobytes()).hexdigest()))
@@ -331,5 +323,5 @@ def num_steps(start, total, world):
     return max(0, math.ceil((total - start) / world))
 
 
-__all__ = ['ProbeSet', 'pool_output', 'pooled_dims', 'capture_batch', 'capture_nodes',
+__all__ = ['ProbeSet', 'probe_identity', 'pooled_dims', 'capture_batch', 'capture_nodes',
            'model_key', 'weights_digest', 'digest', 'DEFAULT_PREPROCESSOR']

@@ -48,15 +48,17 @@ match a NumPy float64 reference to ~1e-12; use ``'float32'`` on GPUs without
 fast float64).
 """
 import math
+from abc import ABCMeta, abstractmethod
 
 import torch
 
+from dery.errors import ConfigError
 from dery.registry import SIMILARITIES
 from dery.utils import get_logger
+from dery.zoo.layout import POOLINGS
 
 _DTYPES = dict(float32=torch.float32, float64=torch.float64, double=torch.float64,
                float=torch.float32)
-POOLINGS = ('avg', 'avg_patch', 'max', 'flatten')
 # Bytes of temporary Gram rows the pairwise engine may hold at once.
 _BUDGET_BYTES = 128 << 20
 
@@ -67,10 +69,10 @@ _BUDGET_BYTES = 128 << 20
 def _as_dtype(dtype):
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f'similarity dtype must be float32 or float64, got {dtype}')
+            raise ConfigError(f'similarity dtype must be float32 or float64, got {dtype}')
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"similarity dtype must be 'float32' or 'float64', got {dtype!r}")
+        raise ConfigError(f"similarity dtype must be 'float32' or 'float64', got {dtype!r}")
     return _DTYPES[dtype]
 
 
@@ -82,7 +84,7 @@ def _flatten_list(feats, what):
         raise TypeError(f'{what} must be a list of tensors (one per node), '
                         f'got {type(feats).__name__}')
     if len(feats) == 0:
-        raise ValueError(f'{what} is empty: give at least one node')
+        raise ConfigError(f'{what} is empty: give at least one node')
     out = []
     for k, f in enumerate(feats):
         if not torch.is_tensor(f):
@@ -91,34 +93,57 @@ def _flatten_list(feats, what):
             except Exception:
                 raise TypeError(f'{what}[{k}] is a {type(f).__name__}, not a tensor') from None
         if f.dim() == 0:
-            raise ValueError(f'{what}[{k}] is a scalar; features need a batch dimension')
+            raise ConfigError(f'{what}[{k}] is a scalar; features need a batch dimension')
         if f.is_complex():
             raise TypeError(f'{what}[{k}] has complex dtype {f.dtype}')
         if f.is_floating_point() and not torch.isfinite(f).all():
-            raise ValueError(f'{what}[{k}] contains NaN or inf: the model produces non-finite outputs on '
+            raise ConfigError(f'{what}[{k}] contains NaN or inf: the model produces non-finite outputs on '
                              'the probe set; check its weights and the probe data normalisation')
         out.append(f.reshape(f.shape[0], -1))
     n = out[0].shape[0]
     bad = [k for k, f in enumerate(out) if f.shape[0] != n]
     if bad:
-        raise ValueError(f'{what}: all nodes must hold the same samples; node 0 has {n}, '
+        raise ConfigError(f'{what}: all nodes must hold the same samples; node 0 has {n}, '
                          f'node {bad[0]} has {out[bad[0]].shape[0]}')
     return out
 
 
-def _rtol(t):
-    """Relative tolerance below which centred features count as constant."""
-    dt = t.dtype if t.is_floating_point() else torch.float64
-    return 16 * torch.finfo(dt).eps
+#: centred features whose spread is below this fraction of their magnitude (float64 rounding of
+#: the centring itself) count as constant
+_CONSTANT_RTOL = 64 * torch.finfo(torch.float64).eps
 
 
-def _center(x, dtype):
-    """``x - mean`` in ``dtype`` and whether ``x`` varies over the samples."""
-    xd = x.to(dtype)
+def _unit(x):
+    """``x / ||x||_F`` computed in float64, and ``||x||_F`` (a Python float; 1.0 for zeros)."""
+    xd = x.to(torch.float64)
+    scale = float(torch.linalg.vector_norm(xd))
+    if not math.isfinite(scale):
+        raise ConfigError(f'features of norm {scale}: beyond float64; check the model\'s outputs')
+    return (xd / scale if scale > 0 else xd), (scale if scale > 0 else 1.0)
+
+
+def _center(x, dtype, scaled=False):
+    """Centred features in ``dtype``, scaled to unit Frobenius norm, and whether they vary.
+
+    The centring runs in float64 whatever ``dtype``, so a large offset (float32
+    features ``1e6 + N(0, 1)``, float16 ``100 + N(0, 1)``) keeps its spread, and
+    the features are divided by their spread before they are cast, so float32
+    never overflows or underflows (features of ``1e20`` or ``1e-20``); every
+    metric here is invariant to scaling a node's features. Constant means: the
+    spread is at the rounding level of the centring itself, relative to the
+    features' own magnitude. ``scaled``: also return the spread (MinibatchCKA
+    puts it back in its float64 accumulators).
+    """
+    xd = x.to(torch.float64)
     xc = xd - xd.mean(0, keepdim=True)
-    scale = torch.linalg.vector_norm(xd)
-    varying = bool(torch.linalg.vector_norm(xc) > _rtol(x) * scale) and bool(scale > 0)
-    return xc, varying
+    spread = float(torch.linalg.vector_norm(xc))
+    size = float(torch.linalg.vector_norm(xd))
+    if not (math.isfinite(spread) and math.isfinite(size)):
+        raise ConfigError(f'features of norm {size}: beyond float64; check the model\'s outputs')
+    varying = spread > 0 and spread > _CONSTANT_RTOL * size
+    scale = spread if varying else 1.0
+    z = (xc / scale).to(dtype)
+    return (z, varying, scale) if scaled else (z, varying)
 
 
 # --------------------------------------------------------------------------
@@ -283,7 +308,7 @@ def _normalise(A, sa, sb, va, vb, positive=False):
     """``A / sqrt(sa sb)``; 0 where a node is constant (or ``s <= 0``)."""
     ok_a = torch.as_tensor(va, device=A.device) & (sa > 0 if positive else sa != 0)
     ok_b = torch.as_tensor(vb, device=A.device) & (sb > 0 if positive else sb != 0)
-    denom = torch.sqrt(torch.outer(sa.clamp_min(0), sb.clamp_min(0)))
+    denom = torch.outer(sa.clamp_min(0).sqrt(), sb.clamp_min(0).sqrt())  # no overflow of sa * sb
     ok = torch.outer(ok_a, ok_b) & (denom > 0)
     return torch.where(ok, A / torch.where(ok, denom, torch.ones_like(denom)),
                        torch.zeros_like(A))
@@ -292,8 +317,17 @@ def _normalise(A, sa, sb, va, vb, positive=False):
 # --------------------------------------------------------------------------
 # interface
 # --------------------------------------------------------------------------
-class BaseSimilarity:
-    """Common interface of similarity metrics (see the module docstring).
+class BaseSimilarity(metaclass=ABCMeta):
+    """The interface every similarity metric implements (as mmengine's ``BaseMetric``).
+
+    The framework side is here: :meth:`update` checks and flattens the inputs
+    (lists of ``[B, ...]`` tensors, one per node; finite; one batch of samples;
+    the same node layout as earlier updates) and hands them to
+    :meth:`process`; :meth:`reset` clears the layout check and calls
+    :meth:`reset_state`. A metric implements :meth:`reset_state`,
+    :meth:`process` and :meth:`compute` (and :meth:`settings` when it has
+    arguments that change its values); :class:`StoredFeatures` implements the
+    first two for metrics that need all samples at once.
 
     Args:
         pooling (str): how the capture stage reduces a node output to one
@@ -312,20 +346,43 @@ class BaseSimilarity:
 
     def __init__(self, pooling='avg', dtype='float64'):
         if pooling not in POOLINGS:
-            raise ValueError(f'pooling must be one of {POOLINGS}, got {pooling!r}')
+            raise ConfigError(f'pooling must be one of {POOLINGS}, got {pooling!r}')
         self.pooling = pooling
         self.dtype = _as_dtype(dtype)
         self.reset()
 
-    # -- to implement
+    # -- the framework side
     def reset(self):
-        raise NotImplementedError
+        """Forget every update."""
+        self._shape = None
+        self.reset_state()
 
     def update(self, feats_a, feats_b=None):
-        raise NotImplementedError
+        """Add one batch: ``feats_a`` (and ``feats_b``) are lists of ``[B, ...]`` tensors, one per node.
 
+        Without ``feats_b`` every node of ``feats_a`` is compared with every
+        other (the zoo-wide use).
+        """
+        fa = _flatten_list(feats_a, 'feats_a')
+        fb = None if feats_b is None else _flatten_list(feats_b, 'feats_b')
+        if fb is not None and fb[0].shape[0] != fa[0].shape[0]:
+            raise ConfigError(f'feats_a has {fa[0].shape[0]} samples but feats_b has '
+                             f'{fb[0].shape[0]}; both must be the same batch')
+        self._check_mode(fa, fb)
+        self.process(fa, fb)
+
+    # -- to implement
+    @abstractmethod
+    def reset_state(self):
+        """Clear the metric's own state."""
+
+    @abstractmethod
+    def process(self, feats_a, feats_b):
+        """Take one checked batch: lists of ``[B, D_i]`` tensors (``feats_b`` None: symmetric)."""
+
+    @abstractmethod
     def compute(self):
-        raise NotImplementedError
+        """The ``[len(feats_a), len(feats_b)]`` similarity tensor of everything seen."""
 
     def settings(self):
         """Everything that changes the values (used in cache keys)."""
@@ -343,40 +400,37 @@ class BaseSimilarity:
         if self._shape is None:
             self._shape = shape
         elif self._shape != shape:
-            raise ValueError(f'{type(self).__name__}.update: got {shape[0]} x {shape[1]} nodes '
+            raise ConfigError(f'{type(self).__name__}.update: got {shape[0]} x {shape[1]} nodes '
                              f'after {self._shape[0]} x {self._shape[1]} (None: symmetric '
                              'update(feats)); call reset() to start over')
         return sym
 
 
-class _StoredFeatures(BaseSimilarity):
-    """Exact metrics: keep the (pooled) features, compute on all samples."""
+class StoredFeatures(BaseSimilarity):
+    """Base of the exact metrics: keeps the (pooled) features, computes on all samples at once.
 
-    def reset(self):
-        self._shape = None
+    Subclasses implement :meth:`compute_features`.
+    """
+
+    def reset_state(self):
         self._a, self._b = None, None
 
-    def update(self, feats_a, feats_b=None):
-        fa = _flatten_list(feats_a, 'feats_a')
-        fb = None if feats_b is None else _flatten_list(feats_b, 'feats_b')
-        if fb is not None and fb[0].shape[0] != fa[0].shape[0]:
-            raise ValueError(f'feats_a has {fa[0].shape[0]} samples but feats_b has '
-                             f'{fb[0].shape[0]}; both must be the same batch')
-        sym = self._check_mode(fa, fb)
+    def process(self, fa, fb):
         if self._a is None:
             self._a = [[f] for f in fa]
-            self._b = None if sym else [[f] for f in fb]
+            self._b = None if fb is None else [[f] for f in fb]
             return
         for store, new, what in ((self._a, fa, 'feats_a'), (self._b, fb, 'feats_b')):
             if new is None:
                 continue
             for k, (chunks, f) in enumerate(zip(store, new)):
                 if chunks[0].shape[1] != f.shape[1]:
-                    raise ValueError(f'{what}[{k}] has {f.shape[1]} features per sample, '
+                    raise ConfigError(f'{what}[{k}] has {f.shape[1]} features per sample, '
                                      f'earlier batches had {chunks[0].shape[1]}')
                 chunks.append(f)
 
-    def _gather(self, store):
+    @staticmethod
+    def _gather(store):
         return [c[0] if len(c) == 1 else torch.cat(c) for c in store]
 
     def compute(self):
@@ -384,14 +438,18 @@ class _StoredFeatures(BaseSimilarity):
             raise RuntimeError(f'{type(self).__name__}.compute() before any update()')
         xa = self._gather(self._a)
         xb = None if self._b is None else self._gather(self._b)
-        return self._compute(xa, xb)
+        if xa[0].shape[0] < 2:
+            raise ConfigError(f'{type(self).__name__} needs at least 2 samples, got {xa[0].shape[0]}: a similarity '
+                              'of features over one sample is not defined')
+        return self.compute_features(xa, xb)
 
-    def _compute(self, xa, xb):
-        raise NotImplementedError
+    @abstractmethod
+    def compute_features(self, xa, xb):
+        """The similarity of all ``[n, D_i]`` features ``xa`` vs ``xb`` (None: ``xa`` vs itself)."""
 
 
 @SIMILARITIES.register_module()
-class LinearCKA(_StoredFeatures):
+class LinearCKA(StoredFeatures):
     """Exact linear CKA over all samples seen (Kornblith et al. 2019).
 
     ``CKA(X, Y) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`` with
@@ -416,10 +474,10 @@ class LinearCKA(_StoredFeatures):
     def settings(self):
         return dict(super().settings(), unbiased=self.unbiased)
 
-    def _compute(self, xa, xb):
+    def compute_features(self, xa, xb):
         n = xa[0].shape[0]
         if self.unbiased and n < 4:
-            raise ValueError(f'unbiased CKA needs at least 4 samples, got {n}')
+            raise ConfigError(f'unbiased CKA needs at least 4 samples, got {n}')
         za, va = zip(*[_center(x, self.dtype) for x in xa])
         zb, vb = (None, va) if xb is None else zip(*[_center(x, self.dtype) for x in xb])
         za = list(za)
@@ -449,23 +507,18 @@ class MinibatchCKA(BaseSimilarity):
 
     streaming = True
 
-    def reset(self):
-        self._shape = None
+    def reset_state(self):
         self._state = None
         self._warned = False
 
     def _init_state(self, na, nb, device, sym):
-        z = lambda *s: torch.zeros(*s, dtype=self.dtype, device=device)  # noqa: E731
+        # float64 whatever ``dtype``: O(nodes^2) numbers, and sums of HSICs of unscaled features
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=device)  # noqa: E731
         self._state = dict(hsic=z(na, nb), self_a=z(na), self_b=z(na if sym else nb),
                            varying_a=z(na), varying_b=z(na if sym else nb), batches=z(1))
 
-    def update(self, feats_a, feats_b=None):
-        fa = _flatten_list(feats_a, 'feats_a')
-        fb = None if feats_b is None else _flatten_list(feats_b, 'feats_b')
-        if fb is not None and fb[0].shape[0] != fa[0].shape[0]:
-            raise ValueError(f'feats_a has {fa[0].shape[0]} samples but feats_b has '
-                             f'{fb[0].shape[0]}; both must be the same batch')
-        sym = self._check_mode(fa, fb)
+    def process(self, fa, fb):
+        sym = fb is None
         if self._state is None:
             self._init_state(len(fa), len(fa) if sym else len(fb), fa[0].device, sym)
         n = fa[0].shape[0]
@@ -475,20 +528,24 @@ class MinibatchCKA(BaseSimilarity):
                                      '(the unbiased HSIC needs at least 4)')
                 self._warned = True
             return
-        za, va = zip(*[_center(x, self.dtype) for x in fa])
+        za, va, sa = zip(*[_center(x, self.dtype, scaled=True) for x in fa])
         if sym:
             H, ha, hb = _linear_hsic_unbiased(list(za))
-            vb = va
+            vb, sb = va, sa
         else:
-            zb, vb = zip(*[_center(x, self.dtype) for x in fb])
+            zb, vb, sb = zip(*[_center(x, self.dtype, scaled=True) for x in fb])
             H, ha, hb = _linear_hsic_unbiased(list(za), list(zb))
         st = self._state
         dev = st['hsic'].device
-        st['hsic'] += H.to(dev)
-        st['self_a'] += ha.to(dev)
-        st['self_b'] += hb.to(dev)
-        st['varying_a'] += torch.tensor(va, dtype=self.dtype, device=dev)
-        st['varying_b'] += torch.tensor(vb, dtype=self.dtype, device=dev)
+        # the batch was computed on unit-norm features: put each node's spread back (HSIC is
+        # quadratic in each kernel), in the float64 accumulators
+        wa = torch.tensor(sa, dtype=torch.float64, device=dev).square()
+        wb = torch.tensor(sb, dtype=torch.float64, device=dev).square()
+        st['hsic'] += H.to(dev, torch.float64) * torch.outer(wa, wb)
+        st['self_a'] += ha.to(dev, torch.float64) * wa.square()
+        st['self_b'] += hb.to(dev, torch.float64) * wb.square()
+        st['varying_a'] += torch.tensor(va, dtype=torch.float64, device=dev)
+        st['varying_b'] += torch.tensor(vb, dtype=torch.float64, device=dev)
         st['batches'] += 1
 
     def compute(self):
@@ -496,10 +553,10 @@ class MinibatchCKA(BaseSimilarity):
             raise RuntimeError('MinibatchCKA.compute() before any update()')
         st = self._state
         if float(st['batches']) == 0:
-            get_logger().warning('MinibatchCKA: no batch of at least 4 samples was seen; '
-                                 'returning zeros')
+            raise ConfigError('MinibatchCKA: no batch of at least 4 samples was seen (the unbiased HSIC needs '
+                              '4): raise the probe batch_size')
         return _normalise(st['hsic'], st['self_a'], st['self_b'], st['varying_a'] > 0,
-                          st['varying_b'] > 0, positive=True)
+                          st['varying_b'] > 0, positive=True).to(self.dtype)
 
     # -- distributed / checkpoint support (sums: all-reduce with SUM)
     def init_state(self, num_a, num_b=None, device='cpu'):
@@ -529,11 +586,11 @@ class MinibatchCKA(BaseSimilarity):
     def load_state_dict(self, sd):
         self._shape = None if sd['shape'] is None else tuple(sd['shape'])
         self._state = None if sd['state'] is None else {
-            k: v.to(self.dtype) for k, v in sd['state'].items()}
+            k: v.to(torch.float64) for k, v in sd['state'].items()}
 
 
 @SIMILARITIES.register_module()
-class RBFCKA(_StoredFeatures):
+class RBFCKA(StoredFeatures):
     """CKA with an RBF kernel ``exp(-d^2 / (2 (threshold * median d)^2))``.
 
     The bandwidth is ``threshold`` times the median Euclidean distance between
@@ -545,7 +602,7 @@ class RBFCKA(_StoredFeatures):
 
     def __init__(self, threshold=1.0, unbiased=False, **kwargs):
         if not threshold > 0:
-            raise ValueError(f'RBFCKA threshold must be > 0, got {threshold}')
+            raise ConfigError(f'RBFCKA threshold must be > 0, got {threshold}')
         self.threshold = float(threshold)
         self.unbiased = bool(unbiased)
         super().__init__(**kwargs)
@@ -595,10 +652,10 @@ class RBFCKA(_StoredFeatures):
                 out.sub_(info['rm'][r0:r1, None]).sub_(info['rm'][None, c0:c1]).add_(info['tm'])
         return block
 
-    def _compute(self, xa, xb):
+    def compute_features(self, xa, xb):
         n = xa[0].shape[0]
         if n < (4 if self.unbiased else 2):
-            raise ValueError(f'RBFCKA needs at least {4 if self.unbiased else 2} samples, got {n}')
+            raise ConfigError(f'RBFCKA needs at least {4 if self.unbiased else 2} samples, got {n}')
         ia, va = zip(*[self._prepare(x) for x in xa])
         ib, vb = (ia, va) if xb is None else zip(*[self._prepare(x) for x in xb])
         blocks_a = [self._block(i) for i in ia]
@@ -627,8 +684,9 @@ def _basis(x, dtype, center=True, keep=1.0):
     if center:
         xd, varying = _center(x, dtype)
     else:
-        xd = x.to(dtype)
+        xd, _ = _unit(x)
         varying = bool(torch.linalg.vector_norm(xd) > 0)
+        xd = xd.to(dtype)
     n, d = xd.shape
     if not varying or min(n, d) == 0:
         return xd.new_zeros(n, 0)
@@ -643,7 +701,7 @@ def _basis(x, dtype, center=True, keep=1.0):
 
 
 @SIMILARITIES.register_module()
-class LinearRegression(_StoredFeatures):
+class LinearRegression(StoredFeatures):
     """``R^2`` of the least squares fit of ``feats_a[i]`` from ``feats_b[j]``.
 
     ``m[i, j] = ||Q_j^T Y_i||_F^2 / ||Y_i||_F^2`` with ``Q_j`` an orthonormal
@@ -665,12 +723,12 @@ class LinearRegression(_StoredFeatures):
     def settings(self):
         return dict(super().settings(), center=self.center)
 
-    def _compute(self, xa, xb):
+    def compute_features(self, xa, xb):
         xb = xa if xb is None else xb
         if self.center:
             ya, va = zip(*[_center(x, self.dtype) for x in xa])
         else:
-            ya = [x.to(self.dtype) for x in xa]
+            ya = [_unit(x)[0].to(self.dtype) for x in xa]  # R^2 does not change with the scale
             va = [bool(torch.linalg.vector_norm(y) > 0) for y in ya]
         qb = [_basis(x, self.dtype, center=self.center) for x in xb]
         A, _, _ = _lowrank_products(list(ya), qb, norms=False)
@@ -681,7 +739,7 @@ class LinearRegression(_StoredFeatures):
 
 
 @SIMILARITIES.register_module()
-class SVCCA(_StoredFeatures):
+class SVCCA(StoredFeatures):
     """SVCCA (Raghu et al. 2017): SVD reduction, then CCA.
 
     Each node's centred features are reduced to the leading singular
@@ -696,9 +754,9 @@ class SVCCA(_StoredFeatures):
 
     def __init__(self, keep=0.99, mean='squared', **kwargs):
         if not 0 < keep <= 1:
-            raise ValueError(f'SVCCA keep must be in (0, 1], got {keep}')
+            raise ConfigError(f'SVCCA keep must be in (0, 1], got {keep}')
         if mean not in ('squared', 'linear'):
-            raise ValueError(f"SVCCA mean must be 'squared' or 'linear', got {mean!r}")
+            raise ConfigError(f"SVCCA mean must be 'squared' or 'linear', got {mean!r}")
         self.keep = float(keep)
         self.mean = mean
         super().__init__(**kwargs)
@@ -706,7 +764,7 @@ class SVCCA(_StoredFeatures):
     def settings(self):
         return dict(super().settings(), keep=self.keep, mean=self.mean)
 
-    def _compute(self, xa, xb):
+    def compute_features(self, xa, xb):
         qa = [_basis(x, self.dtype, keep=self.keep) for x in xa]
         qb = None if xb is None else [_basis(x, self.dtype, keep=self.keep) for x in xb]
         qbl = qa if qb is None else qb
@@ -741,5 +799,5 @@ class CCA(SVCCA):
         return s
 
 
-__all__ = ['BaseSimilarity', 'LinearCKA', 'MinibatchCKA', 'RBFCKA', 'LinearRegression',
-           'SVCCA', 'CCA', 'POOLINGS']
+__all__ = ['BaseSimilarity', 'StoredFeatures', 'LinearCKA', 'MinibatchCKA', 'RBFCKA', 'LinearRegression',
+           'SVCCA', 'CCA']

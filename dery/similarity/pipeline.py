@@ -51,11 +51,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from mmengine.dist import all_reduce, barrier, gather, get_comm_device
 
+from dery.errors import ConfigError
 from dery.registry import SIMILARITIES
 from dery.utils import atomic_save_json, atomic_write, file_digest, get_logger, safe_torch_load
-
-from . import dist as sdist
+from dery.utils.dist import broadcast, init_dist
+from dery.utils.stamp import Stamp
 from .cache import FeatureCache
 from .capture import (FEATURE_FORMAT, ProbeSet, _model_device, capture_batch, capture_nodes,
                       digest, model_key, num_steps)
@@ -112,7 +114,7 @@ class SimilarityResult:
         offs = res.offsets()
         n = sum(len(ns) for ns in res.nodes.values())
         if full.shape != (n, n):
-            raise ValueError(f'similarity matrix has shape {full.shape}, the nodes need ({n}, {n})')
+            raise ConfigError(f'similarity matrix has shape {full.shape}, the nodes need ({n}, {n})')
         for a, (a0, a1) in offs.items():
             for b, (b0, b1) in offs.items():
                 res.matrices[(a, b)] = full[a0:a1, b0:b1].copy()
@@ -141,9 +143,9 @@ class SimilarityResult:
             with open(js) as f:
                 index = json.load(f)
             if index.get('format') != RESULT_FORMAT:
-                raise ValueError(f'format {index.get("format")} is not {RESULT_FORMAT}')
+                raise ConfigError(f'format {index.get("format")} is not {RESULT_FORMAT}')
             if file_digest(npz) != index['npz_sha256']:
-                raise ValueError('similarity.npz does not match the checksum in similarity.json')
+                raise ConfigError('similarity.npz does not match the checksum in similarity.json')
             with np.load(npz) as data:
                 full = data['all']
             nodes = OrderedDict((m, index['nodes'][m]) for m in index['models'])
@@ -152,7 +154,7 @@ class SimilarityResult:
         except (FileNotFoundError, PermissionError):
             raise
         except Exception as e:  # noqa: BLE001
-            raise ValueError(f'similarity result in {work_dir} is corrupted '
+            raise ConfigError(f'similarity result in {work_dir} is corrupted '
                              f'({type(e).__name__}: {e})') from None
 
     def __repr__(self):
@@ -197,7 +199,7 @@ class _Progress:
 def _check_models(zoo_models):
     models = list(zoo_models)
     if not models:
-        raise ValueError('compute_similarity needs at least one zoo model')
+        raise ConfigError('compute_similarity needs at least one zoo model')
     for m in models:
         for attr in ('name', 'nodes', 'node_outputs', 'model', 'input_size'):
             if not hasattr(m, attr):
@@ -206,11 +208,11 @@ def _check_models(zoo_models):
     names = [m.name for m in models]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f'zoo model names must be unique; repeated: {dup}')
+        raise ConfigError(f'zoo model names must be unique; repeated: {dup}')
     return models
 
 
-def _try_cached_result(work_dir, key, logger):
+def _try_cached_result(work_dir, stamp, logger):
     if not osp.exists(osp.join(work_dir, 'similarity.json')):
         return None
     try:
@@ -220,9 +222,9 @@ def _try_cached_result(work_dir, key, logger):
     except ValueError as e:
         logger.warning(f'similarity: {e}; recomputing it')
         return None
-    if res.meta.get('key') != key:
-        logger.info('similarity: the saved result in the work dir is for other models, probe '
-                    'data or metric settings; recomputing')
+    why = stamp.why_different(res.meta.get('stamp'))
+    if why is not None:
+        logger.info(f'similarity: {why}; recomputing')
         return None
     return res
 
@@ -259,7 +261,7 @@ def _run_features(models, mkeys, probe, metric, opts, work_dir, rank, world, log
             arr = c.load() if opts['resume'] else None
             starts.append(None if arr is not None else c.open(resume=opts['resume']))
             del arr
-    starts = sdist.broadcast_object(starts)
+    starts = broadcast(starts)
     todo = [i for i, s in enumerate(starts) if s is not None]
     if rank == 0:
         reused = [models[i].name for i, s in enumerate(starts) if s is None]
@@ -272,7 +274,7 @@ def _run_features(models, mkeys, probe, metric, opts, work_dir, rank, world, log
         _capture_features(models, caches, todo, starts, probe, metric.pooling, rank, world,
                           opts['checkpoint_interval'], prog)
     prog.advance(task_models, len(todo))
-    sdist.barrier()
+    barrier()
     t1 = time.perf_counter()
     full = None
     if rank == 0:
@@ -281,7 +283,7 @@ def _run_features(models, mkeys, probe, metric, opts, work_dir, rank, world, log
             raise RuntimeError('similarity: a feature cache vanished while computing')
         full = _metric_on_arrays(metric, arrays, [c.dims for c in caches], probe.batch_size)
         del arrays
-    full = sdist.broadcast_object(full)
+    full = broadcast(full)
     return full, dict(capture_seconds=t1 - t0, metric_seconds=time.perf_counter() - t1,
                       captured=[models[i].name for i in todo])
 
@@ -311,7 +313,7 @@ def _capture_features(models, caches, todo, starts, probe, pooling, rank, world,
                 dims = [dims_here.get(i, caches[i].dims) for i in todo]
                 for i, d in zip(todo, dims):
                     caches[i].start(d)
-            dims = sdist.broadcast_object(dims)
+            dims = broadcast(dims)
             widths = [sum(d) for d in dims]
         total_w = sum(widths)
         feats = torch.cat([got[i] if i in got else torch.zeros(b, w)
@@ -319,7 +321,8 @@ def _capture_features(models, caches, todo, starts, probe, pooling, rank, world,
         if world > 1:
             padded = torch.zeros(B, total_w)
             padded[:len(feats)] = feats
-            gathered = sdist.gather_to_rank0(padded)
+            # on the backend's device (gloo: CPU, nccl: the GPU), back on the CPU on rank 0
+            gathered = [g.cpu() for g in gather(padded.to(get_comm_device()), dst=0)]
         else:
             gathered = [feats]
         done = min(T, start + (s + 1) * world)
@@ -346,7 +349,7 @@ def _capture_features(models, caches, todo, starts, probe, pooling, rank, world,
 
 def _run_accumulators(models, probe, metric, key, opts, work_dir, rank, world, logger, prog):
     if not metric.streaming:
-        raise ValueError(f"store='accumulators' needs a streaming metric (MinibatchCKA); "
+        raise ConfigError(f"store='accumulators' needs a streaming metric (MinibatchCKA); "
                          f"{type(metric).__name__} needs all samples: use store='features'")
     T = len(probe)
     num_nodes = sum(len(m.nodes) for m in models)
@@ -359,7 +362,7 @@ def _run_accumulators(models, probe, metric, key, opts, work_dir, rank, world, l
         try:
             sd = safe_torch_load(ckpt)
             if sd.get('key') != key:
-                raise ValueError('key mismatch')
+                raise ConfigError('key mismatch')
             metric.load_state_dict(sd['metric'])
             metric.to(device)
             start = int(sd['batches_done'])
@@ -372,7 +375,7 @@ def _run_accumulators(models, probe, metric, key, opts, work_dir, rank, world, l
             start = 0
     elif rank == 0 and osp.exists(ckpt):
         os.remove(ckpt)
-    start = sdist.broadcast_object(start)
+    start = broadcast(start)
     steps = num_steps(start, T, world)
     mine = [t for t in (start + s * world + rank for s in range(steps)) if t < T]
     batches = probe.iter_batches(mine)
@@ -390,7 +393,8 @@ def _run_accumulators(models, probe, metric, key, opts, work_dir, rank, world, l
         done = min(T, start + (s + 1) * world)
         if done - last_ckpt >= opts['checkpoint_interval'] and done < T:
             acc = list(metric.accumulators().values())
-            sdist.all_reduce_sum_(acc)
+            for a in acc:
+                all_reduce(a, op='sum')
             if rank == 0:
                 with atomic_write(ckpt, 'wb') as f:
                     torch.save(dict(key=key, batches_done=done, metric=metric.state_dict()), f)
@@ -399,7 +403,8 @@ def _run_accumulators(models, probe, metric, key, opts, work_dir, rank, world, l
                     a.zero_()
             last_ckpt = done
         prog.advance(task, done - min(T, start + s * world))
-    sdist.all_reduce_sum_(list(metric.accumulators().values()))
+    for a in metric.accumulators().values():
+        all_reduce(a, op='sum')
     prog.advance(task_models, len(models))
     t1 = time.perf_counter()
     full = metric.compute().double().cpu().numpy()
@@ -440,14 +445,14 @@ def compute_similarity(zoo_models, probe_cfg, similarity_cfg, work_dir, launcher
 
 def _compute_similarity(zoo_models, probe_cfg, similarity_cfg, work_dir, launcher, persist):
     t_start = time.perf_counter()
-    rank, world = sdist.init_dist(launcher)
+    rank, world = init_dist(launcher)
     logger = get_logger()
     cfg = dict(similarity_cfg or {})
     cfg.setdefault('type', 'LinearCKA')
     opts = dict(store='features', checkpoint_interval=20, plot=True, progress=True, resume=True)
     opts.update({k: cfg.pop(k) for k in PIPELINE_KEYS if k in cfg})
     if opts['store'] not in STORES:
-        raise ValueError(f'similarity store must be one of {STORES}, got {opts["store"]!r}')
+        raise ConfigError(f'similarity store must be one of {STORES}, got {opts["store"]!r}')
     opts['checkpoint_interval'] = max(1, int(opts['checkpoint_interval']))
     metric = SIMILARITIES.build(cfg)
     models = _check_models(zoo_models)
@@ -458,13 +463,14 @@ def _compute_similarity(zoo_models, probe_cfg, similarity_cfg, work_dir, launche
     settings = metric.settings()
     if metric.streaming:
         settings['batch_size'] = probe.batch_size
-    key = digest(dict(format=RESULT_FORMAT, models=[[m.name, k] for m, k in zip(models, mkeys)],
-                      probe=probe.key, metric=settings))
+    stamp = Stamp('similarity', dict(models={m.name: k for m, k in zip(models, mkeys)}, probe=probe.identity,
+                                     metric=settings, store=opts['store']))
+    key = stamp.digest
     nodes = OrderedDict((m.name, list(m.nodes)) for m in models)
 
-    cached = _try_cached_result(work_dir, key, logger) \
+    cached = _try_cached_result(work_dir, stamp, logger) \
         if rank == 0 and opts['resume'] and persist else None
-    cached = sdist.broadcast_object(cached)
+    cached = broadcast(cached)
     if cached is not None:
         if rank == 0:
             logger.info(f'similarity: reusing {osp.join(work_dir, "similarity.npz")} '
@@ -487,7 +493,7 @@ def _compute_similarity(zoo_models, probe_cfg, similarity_cfg, work_dir, launche
         else:
             full, info = _run_features(models, mkeys, probe, metric, opts, work_dir, rank,
                                        world, logger, prog)
-    meta = dict(key=key, metric=settings, store=opts['store'], world_size=world,
+    meta = dict(key=key, stamp=stamp.to_json(), metric=settings, store=opts['store'], world_size=world,
                 probe=dict(num_samples=probe.num_samples, batch_size=probe.batch_size,
                            seed=probe.seed, key=probe.key),
                 models={m.name: k for m, k in zip(models, mkeys)}, cached=False,
@@ -507,7 +513,7 @@ def _compute_similarity(zoo_models, probe_cfg, similarity_cfg, work_dir, launche
         logger.info(f'similarity: done in {result.seconds:.1f} s (features '
                     f'{info["capture_seconds"]:.1f} s, metric {info["metric_seconds"]:.1f} s)' +
                     (f'; wrote {osp.join(work_dir, "similarity.npz")}' if persist else ''))
-    sdist.barrier()
+    barrier()
     return result
 
 

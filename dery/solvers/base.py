@@ -6,9 +6,10 @@ import random
 import time
 from typing import Hashable, List, Optional, Sequence, Tuple
 
+from dery.errors import ConfigError
 from dery.utils import get_logger
 
-from .problem import Assembly, AssemblyProblem, ScoreFn, SolverResult, rank_key
+from .problem import AssemblyProblem, ScoreFn, Solution, SolverResult, rank_key
 
 __all__ = ['BaseSolver']
 
@@ -42,16 +43,16 @@ class BaseSolver:
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise ValueError(
+            raise ConfigError(
                 f'score_fn returned {value!r} for assembly {list(ids)}; it must return '
                 'a float (higher is better)') from None
         if not math.isfinite(value):
-            raise ValueError(
+            raise ConfigError(
                 f'score_fn returned {value} for assembly {list(ids)}; the proxy must be '
                 'finite: check the built model and the proxy data')
         return value
 
-    def _score_all(self, assemblies: Sequence[Assembly],
+    def _score_all(self, assemblies: Sequence[Solution],
                    score_fn: Optional[ScoreFn]) -> int:
         """Fill ``proxy_score`` of each assembly; return the number of calls."""
         if score_fn is None:
@@ -64,7 +65,7 @@ class BaseSolver:
         return n
 
     @staticmethod
-    def _result(name: str, assemblies: List[Assembly], status: str, t0: float,
+    def _result(name: str, assemblies: List[Solution], status: str, t0: float,
                 num_evals: int, info: Optional[dict] = None) -> SolverResult:
         ranked = sorted(assemblies, key=rank_key)
         return SolverResult(assemblies=list(assemblies), best=ranked[0], status=status,

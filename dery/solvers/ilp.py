@@ -36,10 +36,12 @@ import warnings
 from collections import defaultdict
 from typing import Dict, Hashable, List, Optional, Tuple
 
+from dery.errors import ConfigError
 from dery.registry import SOLVERS
+from dery.utils import human
 
 from .base import BaseSolver
-from .problem import Assembly, AssemblyProblem, ScoreFn, SolverResult
+from .problem import AssemblyProblem, ScoreFn, Solution, SolverResult
 
 __all__ = ['ILPSolver', 'check_budget', 'extreme_costs']
 
@@ -52,16 +54,9 @@ def _pulp():
     return pulp
 
 
-def _human(n: int) -> str:
-    for div, unit in ((1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'K')):
-        if abs(n) >= div:
-            return f'{n / div:.3g}{unit}'
-    return str(n)
-
-
 def _fmt(n) -> str:
     n = int(n)
-    return f'{n} ({_human(n)})' if abs(n) >= 1000 else str(n)
+    return f'{n} ({human(n)})' if abs(n) >= 1000 else str(n)
 
 
 def _bounds_text(op: str, params, flops) -> str:
@@ -195,14 +190,14 @@ def _make_solver(backend: str, time_limit: Optional[float], threads: Optional[in
                                      gapRel=0.0, gapAbs=0.0)
         if backend == 'highs':
             if not pulp.HiGHS().available():
-                raise ValueError(
+                raise ConfigError(
                     "ILPSolver backend 'highs' needs highspy: pip install highspy, "
                     "or use backend='cbc' (bundled with pulp)")
             kw = dict(msg=False, threads=threads or 1, gapRel=0.0, gapAbs=0.0)
             if time_limit is not None:
                 kw['timeLimit'] = time_limit
             return pulp.HiGHS(**kw)
-    raise ValueError(f"ILPSolver backend must be 'cbc' or 'highs', got {backend!r}")
+    raise ConfigError(f"ILPSolver backend must be 'cbc' or 'highs', got {backend!r}")
 
 
 def extreme_costs(problem: AssemblyProblem, backend: str = 'cbc') -> dict:
@@ -222,7 +217,7 @@ def extreme_costs(problem: AssemblyProblem, backend: str = 'cbc') -> dict:
                                    max_flops=('flops', 'max')).items():
         status, ids = _Model(problem, objective=obj, sense=sense, budget=False).solve(solver)
         if ids is None:
-            raise ValueError(
+            raise ConfigError(
                 'no valid assembly exists even without a budget: the equivalence-set '
                 '(at most one block per set) and forbidden-pair constraints leave no '
                 'choice; check the partition sets and forbidden_pairs')
@@ -247,7 +242,7 @@ def check_budget(problem: AssemblyProblem, backend: str = 'cbc') -> None:
         too_small.append(f'flops >= {_fmt(b_f)}')
     if too_small:
         bounds = _bounds_text('<=', p_hi, f_hi)
-        raise ValueError(
+        raise ConfigError(
             f'budget infeasible: {bounds}, but the '
             f'smallest achievable model has {_fmt(a_p)} params and {_fmt(b_f)} FLOPs '
             f'(each minimised separately, stem, stitches and head included; the '
@@ -262,7 +257,7 @@ def check_budget(problem: AssemblyProblem, backend: str = 'cbc') -> None:
         too_big.append(f'flops <= {_fmt(mf)}')
     if too_big:
         bounds = _bounds_text('>=', p_lo, f_lo)
-        raise ValueError(
+        raise ConfigError(
             f'budget infeasible: {bounds}, but the '
             f'largest achievable model has {_fmt(mp)} params and {_fmt(mf)} FLOPs. Lower '
             f'the min bounds to at most {" and ".join(too_big)}.')
@@ -274,7 +269,7 @@ def check_budget(problem: AssemblyProblem, backend: str = 'cbc') -> None:
         _make_solver(backend, None, None))
     if ids is not None and problem.is_feasible(ids):
         return
-    raise ValueError(
+    raise ConfigError(
         f'budget infeasible: no assembly has params in [{p_lo}, {p_hi}] and flops in '
         f'[{f_lo}, {f_hi}] at once; the smallest-params assembly has {_fmt(a_p)} params '
         f'and {_fmt(a_f)} FLOPs, the smallest-FLOPs one {_fmt(b_p)} params and '
@@ -305,7 +300,7 @@ class ILPSolver(BaseSolver):
     def __init__(self, top_m: int = 10, backend: str = 'cbc',
                  time_limit: Optional[float] = None, threads: Optional[int] = None):
         if int(top_m) < 1:
-            raise ValueError(f'ILPSolver top_m must be >= 1, got {top_m}')
+            raise ConfigError(f'ILPSolver top_m must be >= 1, got {top_m}')
         self.top_m = int(top_m)
         self.backend = backend
         self.time_limit = time_limit
@@ -319,7 +314,7 @@ class ILPSolver(BaseSolver):
         problem = self._check_problem(problem)
         solver = _make_solver(self.backend, self.time_limit, self.threads)
         model = _Model(problem)
-        found: List[Assembly] = []
+        found: List[Solution] = []
         statuses, solve_seconds = [], []
         rejected = 0
         while len(found) < self.top_m:
@@ -336,7 +331,7 @@ class ILPSolver(BaseSolver):
                     break
                 continue
             statuses.append(status)
-            found.append(problem.make_assembly(ids))
+            found.append(problem.make_solution(ids))
         if not found:
             check_budget(problem, self.backend)
             raise RuntimeError(

@@ -22,7 +22,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
-__all__ = ['Candidate', 'AssemblyProblem', 'Assembly', 'SolverResult',
+from dery.errors import ConfigError
+
+__all__ = ['Candidate', 'AssemblyProblem', 'Solution', 'SolverResult',
            'normalize_constraints']
 
 Bounds = Tuple[Optional[int], Optional[int]]
@@ -74,7 +76,7 @@ def normalize_constraints(constraints: Optional[dict]) -> Dict[str, Bounds]:
     out: Dict[str, Bounds] = {'params': (None, None), 'flops': (None, None)}
     for key, value in (constraints or {}).items():
         if key not in out:
-            raise ValueError(
+            raise ConfigError(
                 f'constraints: unknown key {key!r}; use constraints = '
                 'dict(params=(min, max), flops=(min, max)) with plain counts')
         if value is None:
@@ -82,20 +84,20 @@ def normalize_constraints(constraints: Optional[dict]) -> Dict[str, Bounds]:
         if isinstance(value, (int, float)):
             value = (None, value)
         if not isinstance(value, (tuple, list)) or len(value) != 2:
-            raise ValueError(
+            raise ConfigError(
                 f'constraints.{key} must be a (min, max) pair of counts (either may '
                 f'be None), got {value!r}')
         lo, hi = value
         for name, v in (('min', lo), ('max', hi)):
             if v is not None and (not isinstance(v, (int, float)) or v < 0
                                   or (isinstance(v, float) and not math.isfinite(v))):
-                raise ValueError(
+                raise ConfigError(
                     f'constraints.{key} {name} bound must be a non-negative count or '
                     f'None, got {v!r}')
         lo = None if lo is None else int(math.ceil(lo))
         hi = None if hi is None else int(math.floor(hi))
         if lo is not None and hi is not None and lo > hi:
-            raise ValueError(
+            raise ConfigError(
                 f'constraints.{key}: min ({lo}) is larger than max ({hi}); '
                 f'fix the bounds so that min <= max')
         out[key] = (lo, hi)
@@ -149,26 +151,26 @@ class AssemblyProblem:
         """Check the tables; raise ``ValueError`` naming the first problem found."""
         K = self.num_positions
         if not isinstance(K, int) or K < 1:
-            raise ValueError(f'num_positions must be a positive int, got {K!r}')
+            raise ConfigError(f'num_positions must be a positive int, got {K!r}')
         self.by_id: Dict[Hashable, Candidate] = {}
         self.by_position: List[List[Candidate]] = [[] for _ in range(K)]
         for c in self.candidates:
             if c.id in self.by_id:
-                raise ValueError(f'candidate id {c.id!r} appears twice; ids must be unique')
+                raise ConfigError(f'candidate id {c.id!r} appears twice; ids must be unique')
             if not (isinstance(c.position, int) and 0 <= c.position < K):
-                raise ValueError(
+                raise ConfigError(
                     f'candidate {c.id!r} has position {c.position!r}, outside 0..{K - 1}')
             if c.params < 0 or c.flops < 0:
-                raise ValueError(f'candidate {c.id!r} has negative params or flops')
+                raise ConfigError(f'candidate {c.id!r} has negative params or flops')
             if not math.isfinite(float(c.score)):
-                raise ValueError(
+                raise ConfigError(
                     f'candidate {c.id!r} has a non-finite score {c.score!r}; '
                     'fix the per-block scores')
             self.by_id[c.id] = c
             self.by_position[c.position].append(c)
         for p, cands in enumerate(self.by_position):
             if not cands:
-                raise ValueError(
+                raise ConfigError(
                     f'position {p} has no candidate; every stage position needs at '
                     'least one allowed block')
         self.constraints = normalize_constraints(self.constraints)
@@ -181,7 +183,7 @@ class AssemblyProblem:
             if table:
                 for (i, j) in self.pairs():
                     if (i, j) not in table:
-                        raise ValueError(
+                        raise ConfigError(
                             f'{name} has no entry for the consecutive pair ({i!r}, {j!r}); '
                             'give every allowed pair (0 when no stitch is needed) or list '
                             'the pair in forbidden_pairs')
@@ -190,17 +192,17 @@ class AssemblyProblem:
         for name, pos in (('first_stem', 0), ('last_head', K - 1)):
             for cid, cost in (getattr(self, name) or {}).items():
                 if cid not in self.by_id or self.by_id[cid].position != pos:
-                    raise ValueError(
+                    raise ConfigError(
                         f'{name} has an entry for {cid!r}, which is not a candidate at '
                         f'position {pos}')
                 if len(tuple(cost)) != 2:
-                    raise ValueError(f'{name}[{cid!r}] must be a (params, flops) pair')
+                    raise ConfigError(f'{name}[{cid!r}] must be a (params, flops) pair')
 
     def _check_pair(self, name, i, j):
         if i not in self.by_id or j not in self.by_id:
-            raise ValueError(f'{name} names unknown candidate ids ({i!r}, {j!r})')
+            raise ConfigError(f'{name} names unknown candidate ids ({i!r}, {j!r})')
         if self.by_id[j].position != self.by_id[i].position + 1:
-            raise ValueError(
+            raise ConfigError(
                 f'{name} pair ({i!r}, {j!r}) is not consecutive: positions '
                 f'{self.by_id[i].position} and {self.by_id[j].position}')
 
@@ -284,12 +286,12 @@ class AssemblyProblem:
             return False
         return self.within_budget(*self.cost(ids))
 
-    def make_assembly(self, ids: Sequence[Hashable],
-                      proxy_score: Optional[float] = None) -> 'Assembly':
-        """An :class:`Assembly` with exact costs and surrogate for ``ids``."""
+    def make_solution(self, ids: Sequence[Hashable],
+                      proxy_score: Optional[float] = None) -> 'Solution':
+        """A :class:`Solution` with exact costs and surrogate for ``ids``."""
         ids = tuple(ids)
         params, flops = self.cost(ids)
-        return Assembly(ids, params, flops, self.surrogate(ids), proxy_score)
+        return Solution(ids, params, flops, self.surrogate(ids), proxy_score)
 
     def num_assemblies(self) -> int:
         """Size of the unconstrained product space (one candidate per position)."""
@@ -300,7 +302,7 @@ class AssemblyProblem:
 
 
 @dataclass
-class Assembly:
+class Solution:
     """One chosen assembly: candidate ids in stage order, exact costs and scores."""
     candidate_ids: Tuple[Hashable, ...]
     params: int
@@ -320,7 +322,7 @@ class Assembly:
         return d
 
 
-def rank_key(a: Assembly):
+def rank_key(a: Solution):
     """Sort key: proxy score (when known) then surrogate, both descending."""
     proxy = a.proxy_score if a.proxy_score is not None else -math.inf
     return (-proxy, -a.surrogate, tuple(str(i) for i in a.candidate_ids))
@@ -345,12 +347,12 @@ class SolverResult:
         solver: the solver's type name.
         info: solver-specific extras (e.g. ILP solve seconds, draws, rates).
     """
-    assemblies: List[Assembly]
-    best: Assembly
+    assemblies: List[Solution]
+    best: Solution
     status: str
     seconds: float
     num_proxy_evals: int
-    ranked: List[Assembly]
+    ranked: List[Solution]
     solver: str = ''
     info: Dict[str, Any] = field(default_factory=dict)
 

@@ -7,11 +7,12 @@ import random
 import time
 from typing import Dict, Hashable, List, Optional, Tuple
 
+from dery.errors import ConfigError
 from dery.registry import SOLVERS
 
 from .base import BaseSolver
 from .ilp import ILPSolver, check_budget
-from .problem import Assembly, AssemblyProblem, ScoreFn, SolverResult
+from .problem import AssemblyProblem, ScoreFn, Solution, SolverResult
 
 __all__ = ['RandomSearchSolver', 'GreedySwapSolver', 'ExhaustiveSolver']
 
@@ -40,7 +41,7 @@ class RandomSearchSolver(BaseSolver):
     def __init__(self, num_samples: int = 500, seed: int = 0,
                  max_draws: Optional[int] = None):
         if int(num_samples) < 1:
-            raise ValueError(f'RandomSearchSolver num_samples must be >= 1, got {num_samples}')
+            raise ConfigError(f'RandomSearchSolver num_samples must be >= 1, got {num_samples}')
         self.num_samples = int(num_samples)
         self.seed = seed
         self.max_draws = max_draws
@@ -63,11 +64,11 @@ class RandomSearchSolver(BaseSolver):
             if ids in seen:
                 continue
             seen.add(ids)
-            kept.append(problem.make_assembly(ids))
+            kept.append(problem.make_solution(ids))
         rate = feasible_draws / max(draws, 1)
         if not kept:
             check_budget(problem)
-            raise ValueError(
+            raise ConfigError(
                 f'random search found no feasible assembly in {draws} draws although the '
                 'budget is feasible (the feasible fraction is tiny); use ILPSolver or '
                 'raise max_draws')
@@ -117,14 +118,14 @@ class GreedySwapSolver(BaseSolver):
         t0 = time.perf_counter()
         problem = self._check_problem(problem)
         rng = random.Random(self.seed)
-        cache: Dict[Tuple[Hashable, ...], Assembly] = {}
+        cache: Dict[Tuple[Hashable, ...], Solution] = {}
         evals = 0
 
         def value(ids) -> float:
             nonlocal evals
             a = cache.get(ids)
             if a is None:
-                a = problem.make_assembly(ids)
+                a = problem.make_solution(ids)
                 if score_fn is not None:
                     a.proxy_score = self._call_score(score_fn, ids)
                     evals += 1
@@ -181,14 +182,14 @@ class ExhaustiveSolver(BaseSolver):
         problem = self._check_problem(problem)
         n = problem.num_assemblies()
         if n > self.max_assemblies:
-            raise ValueError(
+            raise ConfigError(
                 f'ExhaustiveSolver: {n} assemblies exceed max_assemblies='
                 f'{self.max_assemblies}; use ILPSolver for spaces this large')
-        feasible: List[Assembly] = []
+        feasible: List[Solution] = []
         for combo in itertools.product(*problem.by_position):
             ids = tuple(c.id for c in combo)
             if problem.is_feasible(ids):
-                feasible.append(problem.make_assembly(ids))
+                feasible.append(problem.make_solution(ids))
         if not feasible:
             check_budget(problem)
             raise RuntimeError('ExhaustiveSolver: no feasible assembly')  # unreachable

@@ -41,3 +41,36 @@ def register_safe_globals():
              (_history_buffer_getattr, 'builtins.getattr')]
     torch.serialization.add_safe_globals(safe)
     _DONE = True
+
+
+def state_dict_of(ckpt):
+    """The weights of a checkpoint dict (``state_dict`` of an mmengine checkpoint, or the dict itself)."""
+    sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(sd, dict):
+        return {}
+    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in sd.items()}
+
+
+def check_state_dict(model, state, source, network='the network', prefix='', fix=None):
+    """Raise :class:`~dery.errors.CheckpointError` unless ``state`` has exactly ``model``'s keys and shapes.
+
+    ``prefix``: keep only the checkpoint keys under it (stripped). One line names
+    the first missing, unexpected and mis-shaped keys, the network expected, and
+    ``fix``.
+    """
+    from dery.errors import CheckpointError
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, 'shape')}
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    wrong = [f'{k} {theirs[k]} vs {own[k]}' for k in own if k in theirs and theirs[k] != own[k]]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    for what, keys in (('missing', missing), ('unexpected', unexpected), ('shape mismatch', wrong)):
+        if keys:
+            parts.append(f'{len(keys)} {what} (first: {", ".join(keys[:2])})')
+    raise CheckpointError(f'checkpoint {source} does not fit {network}: {"; ".join(parts)}. '
+                          + (fix or 'It belongs to another network: use the config (or assembly) that made it'))

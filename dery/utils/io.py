@@ -16,14 +16,28 @@ import zipfile
 
 import torch
 
+from dery.errors import CheckpointError, ConfigError, MissingFileError
+
+
+def _default_mode():
+    """``0o666`` less the process umask: the permissions ``open()`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode='wb'):
-    """Open a temp file next to ``path``; rename it over ``path`` on success."""
+    """Open a temp file next to ``path``; rename it over ``path`` on success.
+
+    The file gets the usual permissions (``0o666`` less the umask, as mmengine's
+    outputs), not ``mkstemp``'s private ``0o600``.
+    """
     path = os.fspath(path)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
+    os.chmod(tmp, _default_mode())
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -49,7 +63,7 @@ def load_json(path, what='file'):
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f'{what} {path} is not valid JSON ({e}); delete it to recompute it.') from None
+        raise ConfigError(f'{what} {path} is not valid JSON ({e}); delete it to recompute it.') from None
 
 
 def file_digest(path, chunk=1 << 20):
@@ -60,7 +74,7 @@ def file_digest(path, chunk=1 << 20):
     return h.hexdigest()
 
 
-def safe_torch_load(path, map_location='cpu', allow_pickle=False):
+def safe_torch_load(path, map_location='cpu', allow_pickle=False, mmap=False):
     """``torch.load`` with the safe (weights-only) loader and clear errors.
 
     A file that needs arbitrary pickle execution is refused unless the user
@@ -70,8 +84,10 @@ def safe_torch_load(path, map_location='cpu', allow_pickle=False):
     register_safe_globals()
     path = os.fspath(path)
     if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint file not found: {path}')
+        raise MissingFileError(f'checkpoint file not found: {path}')
     try:
+        if mmap and zipfile.is_zipfile(path):  # tensors stay on disk until used (reading metadata is cheap)
+            return torch.load(path, map_location=map_location, weights_only=not allow_pickle, mmap=True)
         return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
     except Exception as e:  # noqa: BLE001 - re-raised with the cause named
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -79,10 +95,10 @@ def safe_torch_load(path, map_location='cpu', allow_pickle=False):
         needs_code = ('Unsupported global' in str(e) or 'unrecognized function' in str(e)) \
             and zipfile.is_zipfile(path)
         if needs_code:
-            raise RuntimeError(
+            raise CheckpointError(
                 f'checkpoint {path} needs pickle code execution to load ({msg}); '
                 'if you trust the file, set `allow_pickle: true` on its zoo entry.') from None
-        raise RuntimeError(
+        raise CheckpointError(
             f'checkpoint {path} is truncated or corrupt ({type(e).__name__}: {msg}); '
             'download it again.') from None
 

@@ -18,31 +18,18 @@ file and where to put it.
 """
 import os
 import os.path as osp
-from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 
+from dery.errors import ConfigError, DeryError
 from dery.registry import ZOO_ADAPTERS
 from dery.utils import safe_torch_load
+from .sources import hub_cache_file, is_url, looks_like_path
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(DeryError, RuntimeError):
     """Pretrained weights could not be found or fetched."""
-
-
-def _is_url(s):
-    return isinstance(s, str) and s.split('://')[0] in ('http', 'https', 's3', 'ftp')
-
-
-def _looks_like_path(s):
-    return isinstance(s, str) and not _is_url(s) and not s.startswith('hf-hub:') and (
-        os.sep in s or s.endswith(('.pth', '.pt', '.bin', '.safetensors', '.ckpt', '.pth.tar')))
-
-
-def hub_cache_file(url):
-    """Where torch.hub (and so mmengine / torchvision) caches a URL download."""
-    return osp.join(torch.hub.get_dir(), 'checkpoints', osp.basename(urlparse(url).path))
 
 
 def _check_local(path, entry):
@@ -69,7 +56,7 @@ def _strip_state_dict(ckpt):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict):
-        raise ValueError('checkpoint holds no state dict')
+        raise ConfigError('checkpoint holds no state dict')
     out = {}
     for k, v in sd.items():
         for prefix in ('module.', 'backbone.'):
@@ -115,10 +102,28 @@ def load_weights_into(model, path, entry):
     return model
 
 
-class BaseZooAdapter:
-    """Builds the ``nn.Module`` of a zoo entry. Subclass and register to add a source."""
+def _size_kwargs(entry, input_size, key='img_size'):
+    """``{key: H}`` when a ViT/Swin entry must be built for ``input_size`` and its kwargs do not say so.
 
-    def build(self, entry, pretrained=True):
+    Transformers fix their patch grid (and position embeddings, windows) at
+    construction: timm and mmpretrain take ``img_size``, torchvision ViTs
+    ``image_size``. CNNs run at any size.
+    """
+    if input_size is None or entry.family not in ('vit', 'swin') or key in entry.kwargs:
+        return {}
+    h, w = int(input_size[1]), int(input_size[2])
+    return {key: h if h == w else (h, w)}
+
+
+class BaseZooAdapter:
+    """Builds the ``nn.Module`` of a zoo entry. Subclass and register to add a source.
+
+    ``build(entry, pretrained, input_size)``: ``input_size`` (``(C, H, W)`` or
+    None) is the size the zoo runs at; an adapter passes it to models that fix
+    their input size at construction.
+    """
+
+    def build(self, entry, pretrained=True, input_size=None):
         raise NotImplementedError
 
     def default_input_size(self, entry, model):
@@ -128,19 +133,19 @@ class BaseZooAdapter:
 @ZOO_ADAPTERS.register_module(name='timm')
 class TimmAdapter(BaseZooAdapter):
 
-    def build(self, entry, pretrained=True):
+    def build(self, entry, pretrained=True, input_size=None):
         import timm
-        kwargs = dict(entry.kwargs)
+        kwargs = dict(entry.kwargs, **_size_kwargs(entry, input_size))
         if not pretrained:
             return timm.create_model(entry.model, pretrained=False, **kwargs)
         w = entry.weights
-        if w and _looks_like_path(w):
+        if w and looks_like_path(w):
             model = timm.create_model(entry.model, pretrained=False, **kwargs)
             return load_weights_into(model, w, entry)
         overlay = {}
         if w and w.startswith('hf-hub:'):
             overlay = dict(hf_hub_id=w[len('hf-hub:'):])
-        elif w and _is_url(w):
+        elif w and is_url(w):
             overlay = dict(url=w, hf_hub_id=None)
         elif w:
             overlay = dict(hf_hub_id=w)
@@ -149,7 +154,7 @@ class TimmAdapter(BaseZooAdapter):
                                      **kwargs)
         except Exception as e:  # noqa: BLE001 - network / hub errors of all kinds
             src = w or f'timm default weights of {entry.model}'
-            cache = hub_cache_file(w) if _is_url(w) else None
+            cache = hub_cache_file(w) if is_url(w) else None
             raise _offline_error(entry, src, e, cache) from None
 
     def default_input_size(self, entry, model):
@@ -163,15 +168,19 @@ class TimmAdapter(BaseZooAdapter):
 class MMPretrainAdapter(BaseZooAdapter):
     """mmpretrain models; the backbone is returned (heads are not reused)."""
 
-    def build(self, entry, pretrained=True):
+    def build(self, entry, pretrained=True, input_size=None):
         import mmpretrain
         from mmpretrain.registry import MODELS
         kwargs = dict(entry.kwargs)
         if isinstance(entry.model, dict):
-            model = MODELS.build(dict(entry.model, **kwargs))
+            size = {} if 'img_size' in entry.model else _size_kwargs(entry, input_size)
+            model = MODELS.build(dict(entry.model, **kwargs, **size))
             if pretrained and entry.weights:
                 model = self._load(model, entry)
         else:
+            size = _size_kwargs(entry, input_size) if 'img_size' not in (kwargs.get('backbone') or {}) else {}
+            if size:
+                kwargs['backbone'] = dict(kwargs.get('backbone') or {}, **size)
             model = mmpretrain.get_model(entry.model, pretrained=False, **kwargs)
             if pretrained:
                 model = self._load(model, entry)
@@ -186,7 +195,7 @@ class MMPretrainAdapter(BaseZooAdapter):
         if not w:
             raise WeightsUnavailableError(f"zoo model '{entry.name}' has no weights in mmpretrain's "
                                           'metafile; set `weights` in model_zoo.yml')
-        if _is_url(w):
+        if is_url(w):
             cache = hub_cache_file(w)
             if osp.isfile(cache):
                 w = cache
@@ -218,16 +227,18 @@ class MMPretrainAdapter(BaseZooAdapter):
 @ZOO_ADAPTERS.register_module(name='torchvision')
 class TorchvisionAdapter(BaseZooAdapter):
 
-    def build(self, entry, pretrained=True):
+    def build(self, entry, pretrained=True, input_size=None):
         import torchvision
         kwargs = dict(entry.kwargs)
+        if entry.family == 'vit':  # torchvision's Swin runs at any size
+            kwargs.update(_size_kwargs(entry, input_size, 'image_size'))
         if not pretrained:
             return torchvision.models.get_model(entry.model, weights=None, **kwargs)
         w = entry.weights or 'DEFAULT'
-        if _looks_like_path(w):
+        if looks_like_path(w):
             model = torchvision.models.get_model(entry.model, weights=None, **kwargs)
             return load_weights_into(model, w, entry)
-        if _is_url(w):
+        if is_url(w):
             model = torchvision.models.get_model(entry.model, weights=None, **kwargs)
             cache = hub_cache_file(w)
             if not osp.isfile(cache):
@@ -253,16 +264,16 @@ class TorchvisionAdapter(BaseZooAdapter):
 class LocalAdapter(BaseZooAdapter):
     """A checkpoint file plus an architecture: ``arch: {library, model, kwargs}``."""
 
-    def build(self, entry, pretrained=True):
+    def build(self, entry, pretrained=True, input_size=None):
         from .entry import ZooEntry
         arch = dict(entry.arch)
         library = arch.pop('library', 'timm')
         if library not in ('timm', 'mmpretrain', 'torchvision'):
-            raise ValueError(f"zoo model '{entry.name}': arch.library must be timm, mmpretrain or "
+            raise ConfigError(f"zoo model '{entry.name}': arch.library must be timm, mmpretrain or "
                              f'torchvision, got {library!r}')
         inner = ZooEntry(name=entry.name, adapter=library, model=arch.pop('model', None),
                          family=entry.family, kwargs=dict(arch.pop('kwargs', {}), **entry.kwargs))
-        model = ZOO_ADAPTERS.build(dict(type=library)).build(inner, pretrained=False)
+        model = ZOO_ADAPTERS.build(dict(type=library)).build(inner, pretrained=False, input_size=input_size)
         if pretrained:
             model = load_weights_into(model, entry.weights, entry)
         return model
@@ -274,26 +285,42 @@ class LocalAdapter(BaseZooAdapter):
         return tuple(cfg.get('input_size', (3, 224, 224)))
 
 
-def build_zoo_model(name_or_cfg, pretrained=True, zoo=None):
+def build_zoo_model(name_or_cfg, pretrained=True, zoo=None, input_size=None):
     """Build a :class:`~dery.zoo.ZooModel` from a zoo name or an entry dict.
 
     ``pretrained=False`` gives a random-init model without touching the network
-    or the disk (tests, tiny configs, architecture-only work).
+    or the disk (tests, tiny configs, architecture-only work). ``input_size``
+    (``(C, H, W)``): the size the model will run at; transformers are built for
+    it (``img_size``), and a model that cannot run at it is refused in one line.
     """
-    from .entry import resolve_entry
+    import inspect
+    import zlib
+
+    from .entry import ZooError, resolve_entry
     from .zoo_model import ZooModel
     entry = resolve_entry(name_or_cfg, zoo)
     adapter = ZOO_ADAPTERS.build(dict(type=entry.adapter))
-    if pretrained:
-        model = adapter.build(entry, pretrained=True)
-    else:
-        # random init seeded by the entry name: every run and every rank builds the same model,
-        # so similarity caches, partition.json and assembly.json are reproducible and resumable
-        import zlib
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(zlib.crc32(entry.name.encode()))
-            model = adapter.build(entry, pretrained=False)
+    size = tuple(int(v) for v in input_size) if input_size is not None else None
+    kwargs = dict(input_size=size) if 'input_size' in inspect.signature(adapter.build).parameters else {}
+    try:
+        if pretrained:
+            model = adapter.build(entry, pretrained=True, **kwargs)
+        else:
+            # random init seeded by the entry name: every run and every rank builds the same model,
+            # so similarity caches, partition.json and assembly.json are reproducible and resumable
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(zlib.crc32(entry.name.encode()))
+                model = adapter.build(entry, pretrained=False, **kwargs)
+    except (TypeError, AssertionError, RuntimeError) as e:
+        if size is None or isinstance(e, DeryError):
+            raise
+        raise ZooError(f"zoo model '{entry.name}' cannot be built for input size {list(size)} "
+                       f'({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ""}); give it `kwargs` '
+                       'that fit (e.g. img_size, window_size) or change zoo.input_size') from None
     if not isinstance(model, nn.Module):
         raise TypeError(f'zoo adapter {entry.adapter} returned {type(model).__name__}, not an nn.Module')
-    return ZooModel(entry.name, model, family=entry.family, nodes=entry.nodes,
-                    input_size=adapter.default_input_size(entry, model), entry=entry)
+    zm = ZooModel(entry.name, model, family=entry.family, nodes=entry.nodes,
+                  input_size=size or adapter.default_input_size(entry, model), entry=entry)
+    if size is not None:
+        zm.check_input_size()
+    return zm

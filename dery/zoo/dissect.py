@@ -34,11 +34,13 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+from dery.errors import DeryError
+
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
 _MIN_PARAM_MODULES = 3
 
 
-class DissectionError(ValueError):
+class DissectionError(DeryError, ValueError):
     """A model's structure does not fit the node / cut rules."""
 
 

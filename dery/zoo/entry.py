@@ -23,14 +23,16 @@ from typing import Any, Optional
 
 import yaml
 
-from .zoo_model import FAMILIES
+from dery.errors import DeryError
+from dery.utils.config import to_plain
+from .layout import FAMILIES
 
 ADAPTERS = ('timm', 'mmpretrain', 'torchvision', 'local')
 _FIELDS = ('name', 'adapter', 'model', 'weights', 'family', 'pretrain', 'top1', 'nodes', 'kwargs',
            'input_size', 'arch', 'allow_pickle', 'notes')
 
 
-class ZooError(ValueError):
+class ZooError(DeryError, ValueError):
     """A malformed ``model_zoo.yml`` or an unknown zoo name."""
 
 
@@ -52,6 +54,29 @@ class ZooEntry:
 
     def to_dict(self):
         return {k: v for k, v in asdict(self).items() if v not in (None, {}, False)}
+
+    def identity(self, pretrained=True):
+        """What determines the model this entry builds (for stage stamps): fields and weights.
+
+        The weights are identified by the file's sha256 when they are a local
+        file (or a URL already in torch.hub's cache), else by their source
+        (URL, hub id, library default); random init by the entry name.
+        """
+        ident = {k: v for k, v in self.to_dict().items()
+                 if k not in ('top1', 'notes', 'pretrain', 'name', 'weights', 'allow_pickle')}
+        if not pretrained:
+            ident['weights'] = 'random init (seeded by the entry name)'
+            return ident
+        from dery.utils.stamp import file_identity
+        from .sources import hub_cache_file, is_url, looks_like_path
+        w = self.weights
+        if w and looks_like_path(w):
+            ident['weights'] = file_identity(w)
+        elif w and is_url(w) and osp.isfile(hub_cache_file(w)):
+            ident['weights'] = dict(url=w, **file_identity(hub_cache_file(w)))
+        else:
+            ident['weights'] = w or f'{self.adapter} default weights of {self.model}'
+        return ident
 
     def cache_key(self):
         """A digest of what determines the model's function (for caches)."""
@@ -165,3 +190,40 @@ def resolve_entry(name_or_cfg, zoo=None):
     if isinstance(name_or_cfg, dict):
         return validate_entry(dict(name_or_cfg))
     raise ZooError(f'a zoo model is a name or an entry dict, got {type(name_or_cfg).__name__}')
+
+
+def entries_from_config(zoo_cfg):
+    """``{name: ZooEntry}`` for the models a config's ``zoo`` section names, in order.
+
+    ``zoo.models`` items are zoo names from ``zoo.file`` (default
+    ``model_zoo.yml``), complete inline entries, or overrides of a named entry:
+    a dict with the ``name`` of a ``model_zoo.yml`` entry and no ``adapter``
+    (``dict(name='vit_tiny_in21k', kwargs=dict(img_size=64))``) merges its
+    fields into that entry (``kwargs`` key by key).
+    """
+    if not zoo_cfg or not zoo_cfg.get('models'):
+        raise ZooError('config has no `zoo.models`: list zoo names from model_zoo.yml or inline '
+                       'entries, e.g. zoo = dict(models=["resnet50_in1k", "swin_tiny_in1k"])')
+    file_entries = None
+    out = {}
+    for item in zoo_cfg['models']:
+        item = dict(item) if hasattr(item, 'items') else item
+        if isinstance(item, str) or (isinstance(item, dict) and 'adapter' not in item):
+            if file_entries is None:
+                file_entries = load_zoo(zoo_cfg.get('file'))
+            name = item if isinstance(item, str) else item.get('name')
+            entry = resolve_entry(name, file_entries) if isinstance(name, str) else resolve_entry(item)
+            if isinstance(item, dict):
+                merged = entry.to_dict()
+                for key, value in item.items():
+                    if key == 'kwargs' and isinstance(value, dict):
+                        merged['kwargs'] = dict(merged.get('kwargs') or {}, **value)
+                    else:
+                        merged[key] = value
+                entry = validate_entry(to_plain(merged), where=f"zoo.models override of '{name}'")
+        else:
+            entry = resolve_entry(to_plain(item))
+        if entry.name in out:
+            raise ZooError(f"zoo.models lists '{entry.name}' twice")
+        out[entry.name] = entry
+    return out

@@ -5,11 +5,11 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+from dery.errors import ConfigError
 from .analysis import count_flops, count_params
 from .dissect import (Cut, DissectionError, Stem, _StopForward, build_stem_shell,
                       convention_of, find_nodes, glue_candidates, trace_units)
-
-FAMILIES = ('cnn', 'vit', 'swin')
+from .layout import FAMILIES, TensorSpec
 
 
 class ZooModel:
@@ -25,9 +25,10 @@ class ZooModel:
         input_size (tuple): ``(C, H, W)`` used to probe shapes and FLOPs.
         entry: the ``model_zoo.yml`` entry the model came from, if any.
 
-    Tensors between nodes use one layout per family: ``cnn`` ``[B, C, H, W]``,
-    ``vit`` ``[B, N, C]`` with ``num_prefix_tokens`` class/register tokens
-    first, ``swin`` ``[B, H, W, C]``.
+    Tensors between nodes use one layout per family (:mod:`dery.zoo.layout`):
+    ``cnn`` ``[B, C, H, W]``, ``vit`` ``[B, N, C]`` with ``num_prefix_tokens``
+    class/register tokens first, ``swin`` ``[B, H, W, C]``;
+    :meth:`in_spec` / :meth:`out_spec` give a node's typed shape contract.
     """
 
     def __init__(self, name, model, family=None, nodes=None, input_size=(3, 224, 224), entry=None):
@@ -40,7 +41,7 @@ class ZooModel:
         self._modules = dict(model.named_modules())
         self._glue = glue_candidates(model, self.nodes)
         if family is not None and family not in FAMILIES:
-            raise ValueError(f'zoo model {name}: family must be one of {FAMILIES}, got {family!r}')
+            raise ConfigError(f'zoo model {name}: family must be one of {FAMILIES}, got {family!r}')
         self._family = family
         self._trace = None
         self._flops = None
@@ -51,6 +52,18 @@ class ZooModel:
         p = next(self.model.parameters(), None)
         device = p.device if p is not None else torch.device('cpu')
         return torch.randn((batch, ) + self.input_size, generator=g).to(device)
+
+    def check_input_size(self):
+        """Trace the model at ``input_size`` now; one line naming the entry when it cannot run at it."""
+        from .entry import ZooError
+        try:
+            self._traced()
+        except DissectionError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a model that fails at this size: the user picks another size
+            raise ZooError(f"zoo model '{self.name}' cannot run at input size {list(self.input_size)} "
+                           f'({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ""}); give its entry '
+                           '`kwargs` that fit (e.g. img_size=..., window_size=...) or change zoo.input_size') from None
 
     def _traced(self):
         if self._trace is None:
@@ -125,7 +138,7 @@ class ZooModel:
         """
         i, j = self.index(start), self.index(end)
         if i > j:
-            raise ValueError(f'{self.name}: cut start {self.nodes[i]} comes after end {self.nodes[j]}')
+            raise ConfigError(f'{self.name}: cut start {self.nodes[i]} comes after end {self.nodes[j]}')
         names = [u for n in self.nodes[i:j + 1] for u in self.units(n)]
         cut = Cut([self._modules[u] for u in names], names, self.nodes[i:j + 1], self.family)
         return _copy.deepcopy(cut) if copy else cut
@@ -163,6 +176,14 @@ class ZooModel:
     def shapes(self, node):
         """``(input shape, output shape)`` of ``node`` without the batch dim."""
         return self._traced()['shapes'][self.nodes[self.index(node)]]
+
+    def in_spec(self, node):
+        """:class:`~dery.zoo.layout.TensorSpec` of what ``node`` receives (node 0: the stem's output)."""
+        return TensorSpec(self.family, self.shapes(node)[0], self.num_prefix_tokens)
+
+    def out_spec(self, node):
+        """:class:`~dery.zoo.layout.TensorSpec` of what ``node`` returns."""
+        return TensorSpec(self.family, self.shapes(node)[1], self.num_prefix_tokens)
 
     def _unit_params(self, names):
         return count_params([self._modules[u] for u in names])

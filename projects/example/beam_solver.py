@@ -53,7 +53,7 @@ class BeamSolver(BaseSolver):
                         grown.append(new)
             grown.sort(key=lambda ids: (-problem.surrogate(ids), tuple(str(i) for i in ids)))
             beam = grown[:self.beam_width]
-        complete = [problem.make_assembly(ids) for ids in beam if problem.is_feasible(ids)]
+        complete = [problem.make_solution(ids) for ids in beam if problem.is_feasible(ids)]
         if not complete:
             check_budget(problem)  # raises when no assembly fits the budget at all
             raise ValueError(f'BeamSolver found no feasible assembly with beam_width={self.beam_width}; '

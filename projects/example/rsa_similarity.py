@@ -13,16 +13,19 @@ Memory: the features given (as the exact metrics of ``dery.similarity``), and
 import torch
 
 from dery.registry import SIMILARITIES
-from dery.similarity import BaseSimilarity
+from dery.similarity import StoredFeatures
 
 
 @SIMILARITIES.register_module()
-class RSASimilarity(BaseSimilarity):
+class RSASimilarity(StoredFeatures):
     """RSA between node representations.
 
     Args:
         kind (str): ``'pearson'`` (default) or ``'spearman'`` correlation between RDMs.
         pooling (str), dtype (str): as :class:`dery.similarity.BaseSimilarity`.
+
+    :class:`~dery.similarity.StoredFeatures` checks and keeps the batches (all samples are
+    needed at once); only :meth:`compute_features` is written here.
     """
 
     streaming = False   # keeps every sample until compute()
@@ -39,32 +42,10 @@ class RSASimilarity(BaseSimilarity):
         return dict(super().settings(), kind=self.kind)
 
     # ------------------------------------------------------------------ interface
-    def reset(self):
-        self._a, self._b, self._sym = None, None, None
-
-    def update(self, feats_a, feats_b=None):
-        fa = [f.reshape(f.shape[0], -1).detach().cpu() for f in feats_a]
-        fb = None if feats_b is None else [f.reshape(f.shape[0], -1).detach().cpu() for f in feats_b]
-        sym = fb is None
-        if self._sym is not None and self._sym != sym:
-            raise ValueError('RSASimilarity.update: do not mix update(feats) and update(feats_a, feats_b); '
-                             'call reset() first')
-        self._sym = sym
-        if self._a is None:
-            self._a = [[f] for f in fa]
-            self._b = None if sym else [[f] for f in fb]
-            return
-        for chunks, f in zip(self._a, fa):
-            chunks.append(f)
-        if not sym:
-            for chunks, f in zip(self._b, fb):
-                chunks.append(f)
-
-    def compute(self):
-        if self._a is None:
-            raise RuntimeError('RSASimilarity.compute() before any update()')
-        za = self._rdm_vectors([torch.cat(c) for c in self._a])
-        zb = za if self._sym else self._rdm_vectors([torch.cat(c) for c in self._b])
+    def compute_features(self, xa, xb):
+        # StoredFeatures checked and kept every batch; xa, xb: lists of [n, D] tensors (xb None: xa vs xa)
+        za = self._rdm_vectors(xa)
+        zb = za if xb is None else self._rdm_vectors(xb)
         return (za @ zb.T) / za.shape[1]
 
     # ------------------------------------------------------------------ helpers

@@ -13,6 +13,8 @@ data_preprocessor = dict(
     # loaded images are already RGB format
     to_rgb=False)
 
+# cifar10_bs32_224.py's train pipeline, restated: RandAugment's padding and RandomErasing's fill
+# are computed from the mean above.
 train_pipeline = [
     dict(type='RandomResizedCrop', scale=224, backend='pillow', interpolation='bicubic'),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),

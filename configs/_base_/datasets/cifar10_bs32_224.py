@@ -2,6 +2,10 @@
 # upsampled to 224 px as in the paper's downstream recipe (the zoo models see 224 px images), with
 # mmpretrain's CIFAR normalisation (images are loaded as RGB). Train: RandomResizedCrop to 224,
 # flip, RandAugment, RandomErasing; test: resize to 224. 8 GPUs x 32 = the paper's batch of 256.
+# Loaders, evaluators and the DeRy probe and proxy data: downstream_bs32_224.py; this file
+# replaces its normalisation and pipelines (CIFAR images are in memory: no LoadImageFromFile).
+_base_ = ['./downstream_bs32_224.py']
+
 dataset_type = 'CIFAR10'
 data_root = 'data/cifar10'
 num_classes = 10
@@ -41,34 +45,18 @@ test_pipeline = [
 ]
 
 train_dataloader = dict(
-    batch_size=32,
-    num_workers=4,
-    dataset=dict(type=dataset_type, data_root=data_root, split='train', pipeline=train_pipeline),
-    sampler=dict(type='DefaultSampler', shuffle=True),
-)
-
+    dataset=dict(type=dataset_type, data_root=data_root, split='train', pipeline=train_pipeline))
 val_dataloader = dict(
-    batch_size=64,
-    num_workers=4,
-    dataset=dict(type=dataset_type, data_root=data_root, split='test', pipeline=test_pipeline),
-    sampler=dict(type='DefaultSampler', shuffle=False),
-)
-val_evaluator = dict(type='Accuracy', topk=(1, 5))
-
+    dataset=dict(type=dataset_type, data_root=data_root, split='test', pipeline=test_pipeline))
 test_dataloader = val_dataloader
-test_evaluator = val_evaluator
 
 # ---------------------------------------------------------------- DeRy stages
-# Similarity probe: 1/20 of the training set (the paper's choice), test-time pipeline.
+# Similarity probe: 1/20 of the training set (the paper's choice), test-time pipeline, this
+# normalisation.
 probe = dict(
     dataset=dict(type=dataset_type, data_root=data_root, split='train', pipeline=test_pipeline),
-    num_samples=0.05,
-    batch_size=64,
-    num_workers=4,
-    seed=0,
     data_preprocessor=dict(
-        type='ClsDataPreprocessor', mean=data_preprocessor['mean'], std=data_preprocessor['std'],
-        to_rgb=False))
+        mean=data_preprocessor['mean'], std=data_preprocessor['std'], to_rgb=False))
 # Proxy data (NASWOT and friends): seeded batches of the training set, test pipeline; normalised
 # with the top-level data_preprocessor.
 target = dict(

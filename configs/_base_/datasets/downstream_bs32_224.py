@@ -4,7 +4,8 @@
 # flip, RandAugment (timm's increasing policies, 2 ops, magnitude 9 +- 0.5), RandomErasing.
 # Test: resize the short edge to 256, centre crop 224. 8 GPUs x 32 = the paper's batch of 256.
 # Each data set file (e.g. cub_bs32_224.py) sets the type, root, splits and number of classes of
-# the five data sets below (train, val, test, probe, target).
+# the five data sets below (train, val, test, probe, target). imagenet_bs128_224.py is this with
+# ImageNet-1k and larger batches; cifar10_bs32_224.py replaces the pipelines and normalisation.
 dataset_type = None  # set by the data set file
 data_root = None
 num_classes = None
@@ -17,9 +18,6 @@ data_preprocessor = dict(
     to_rgb=True,
 )
 
-bgr_mean = data_preprocessor['mean'][::-1]
-bgr_std = data_preprocessor['std'][::-1]
-
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='RandomResizedCrop', scale=224, backend='pillow', interpolation='bicubic'),
@@ -31,15 +29,17 @@ train_pipeline = [
         total_level=10,
         magnitude_level=9,
         magnitude_std=0.5,
-        hparams=dict(pad_val=[round(x) for x in bgr_mean], interpolation='bicubic')),
+        # images are loaded as BGR: RandAugment pads and RandomErasing fills with the BGR mean
+        hparams=dict(pad_val=[round(x) for x in data_preprocessor['mean'][::-1]],
+                     interpolation='bicubic')),
     dict(
         type='RandomErasing',
         erase_prob=0.25,
         mode='rand',
         min_area_ratio=0.02,
         max_area_ratio=1 / 3,
-        fill_color=bgr_mean,
-        fill_std=bgr_std),
+        fill_color=data_preprocessor['mean'][::-1],
+        fill_std=data_preprocessor['std'][::-1]),
     dict(type='PackInputs'),
 ]
 

@@ -1,95 +1,111 @@
-"""Library side of ``tools/demo.py``: zoo-weight export, a progress hook, run logs, plots, report.
+"""Stage 6 of the demo: the results (rows, targets), the results table, the plots and ``report.md``.
 
-The demo's numbers all come from files the runs write: every training run is
-an mmengine ``Runner`` whose ``LoggerHook`` writes ``vis_data/scalars.json``
-(losses and ``accuracy/top1`` at each validation); :func:`read_scalars` reads
-them back, ``results.json`` collects them, and :func:`write_report` renders
-``report.md`` from ``results.json`` alone.
+Every number comes from files the runs wrote: each training run is an
+mmengine ``Runner`` whose ``LoggerHook`` writes ``vis_data/scalars.json``
+(losses and ``accuracy/top1`` at each validation,
+:func:`dery.demo.jobs.read_scalars`); :func:`collect_results` gathers them
+into ``results.json``'s dict, and :func:`write_report` renders ``report.md``
+from that dict alone.
 """
-import json
 import math
-import os
 import os.path as osp
+import time
 
-import torch
-from mmengine.hooks import Hook
+__all__ = ['PLOTS', 'collect_results', 'mean_std', 'fmt_top1', 'results_rows', 'results_table', 'plot_curves',
+           'write_report', 'print_summary']
 
-from dery.utils import atomic_write
-
-
-# ---------------------------------------------------------------------------- zoo weights
-def export_zoo_weights(backbone, entry, path, input_size=(3, 16, 16)):
-    """Save a single-model ``ReassembledBackbone``'s weights as its zoo model's plain state dict.
-
-    ``backbone`` holds the stem and every node of the zoo model ``entry`` (one
-    block, first node to last). A fresh random-init zoo model is built, the
-    trained backbone loaded into a backbone that shares that model's modules,
-    and the model's own ``state_dict()`` saved: its keys are those of
-    ``build_zoo_model(entry, pretrained=False)``, so the entry with
-    ``weights: path`` loads it through the normal adapter. Parameters the
-    nodes never use (final norms, the classifier) keep their random init.
-    The file is then re-loaded through the adapter and compared.
-    """
-    from dery.models import ReassembledBackbone, ZooCache
-    from dery.zoo import build_zoo_model
-    entry = {k: v for k, v in dict(entry).items() if k != 'weights'}
-    cache = ZooCache([entry], pretrained=False, input_size=input_size)
-    fresh = ReassembledBackbone(backbone.block_cfgs, pretrained=False, input_size=input_size,
-                                stem=backbone.stem_type, stitch_init='random',
-                                out_indices=backbone.out_indices, out_norm=len(backbone.out_norms) > 0,
-                                _zoo_cache=cache)
-    fresh.load_state_dict(backbone.state_dict(), strict=True)
-    state = {k: v.detach().cpu().clone() for k, v in cache[entry['name']].model.state_dict().items()}
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    loaded = build_zoo_model(dict(entry, weights=osp.abspath(path)), pretrained=True).model.state_dict()
-    bad = [k for k, v in state.items() if k not in loaded or not torch.equal(loaded[k].cpu(), v)]
-    if bad:
-        raise RuntimeError(f'exported zoo weights {path} do not load back into {entry["name"]} '
-                           f'({len(bad)} tensors differ, e.g. {bad[:3]})')
-    return path
+PLOTS = dict(similarity='dery/similarity_summary.png', partition='dery/partition.png', curves='accuracy_curves.png')
 
 
-# ---------------------------------------------------------------------------- progress
-class SharedCounterHook(Hook):
-    """Writes the current iteration into a shared array slot (progress bars in the parent process)."""
-
-    priority = 'VERY_LOW'
-
-    def __init__(self, counters, slot):
-        self.counters, self.slot = counters, slot
-
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        self.counters[self.slot] = runner.iter + 1
-
-
-# ---------------------------------------------------------------------------- run logs
-def find_scalars(log_dir):
-    path = osp.join(log_dir, 'vis_data', 'scalars.json')
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'{path} not found: the run wrote no scalars (LocalVisBackend)')
-    return path
+# ---------------------------------------------------------------------------- results
+def result_rows(ft):
+    """One row per compared model (reassembled, its architecture from scratch, each zoo model) with the
+    top-1 of its runs, their mean and sample std."""
+    rows = [dict(label='DeRy (reassembled)', kind='dery', init='zoo blocks + fitted stitches',
+                 params=ft.params, flops=ft.flops, runs=ft.dery_names),
+            dict(label='DeRy architecture, random init', kind='scratch', init='random (scratch)',
+                 params=ft.params, flops=ft.flops, runs=ft.scratch_names)] + ft.zoo_rows
+    for r in rows:
+        r['top1'] = [ft.runs[n]['top1'] for n in r['runs']]
+        r['top1_mean'], r['top1_std'] = mean_std(r['top1'])
+    return rows
 
 
-def read_scalars(path):
-    """``dict(loss=[[step, value]], top1=[[step, value]])`` from an mmengine ``scalars.json``."""
-    loss, top1 = [], []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            rec = json.loads(line)
-            if 'accuracy/top1' in rec:
-                top1.append([int(rec['step']), float(rec['accuracy/top1'])])
-            elif 'loss' in rec:
-                loss.append([int(rec['step']), float(rec['loss'])])
-    return dict(loss=loss, top1=top1)
+def within_budget(constraints, params, flops):
+    (pmin, pmax), (fmin, fmax) = constraints['params'], constraints['flops']
+    return ((pmin is None or params >= pmin) and (pmax is None or params <= pmax)
+            and (fmin is None or flops >= fmin) and (fmax is None or flops <= fmax))
+
+
+def _limits(lo, hi):
+    return f'[{"-" if lo is None else f"{lo:,}"}, {"-" if hi is None else f"{hi:,}"}]'
+
+
+def demo_targets(rows, constraints, within, n_seeds):
+    """What the demo sets out to show, each ``dict(met, text)`` (``reference``: shown, not a target)."""
+    dery_row, scratch_row, zoo_rows = rows[0], rows[1], rows[2:]
+    dery_params, dery_flops = dery_row['params'], dery_row['flops']
+    (pmin, pmax), (fmin, fmax) = constraints['params'], constraints['flops']
+    no_larger = [r for r in zoo_rows if r['params'] <= dery_params]
+    best_zoo = max(no_larger, key=lambda r: r['top1_mean']) if no_larger else None
+    return dict(
+        beats_scratch=dict(
+            met=dery_row['top1_mean'] > scratch_row['top1_mean'],
+            text=f'Reassembled beats the same architecture from scratch: {dery_row["top1_mean"]:.2f} vs '
+                 f'{scratch_row["top1_mean"]:.2f} (mean of {n_seeds} seed(s), '
+                 f'{dery_row["top1_mean"] - scratch_row["top1_mean"]:+.2f} points).'),
+        matches_zoo=dict(
+            met=bool(within and (best_zoo is None or dery_row['top1_mean'] >= best_zoo['top1_mean'])),
+            text=('Reassembled is {} budget ({:,} params, limits {}; {:,} FLOPs, limits {}) and at least '
+                  'matches the best zoo model of no larger size fine-tuned the same way: {}.').format(
+                      'within' if within else 'OUTSIDE the', dery_params, _limits(pmin, pmax), dery_flops,
+                      _limits(fmin, fmax),
+                      'no zoo model is that small' if best_zoo is None else
+                      f'{dery_row["top1_mean"]:.2f} vs {best_zoo["model"]} ({best_zoo["params"]:,} params) '
+                      f'{best_zoo["top1_mean"]:.2f} ({dery_row["top1_mean"] - best_zoo["top1_mean"]:+.2f})')),
+        best_overall=dict(
+            reference=True, met=dery_row['top1_mean'] >= max(r['top1_mean'] for r in zoo_rows),
+            text='For reference, against every zoo model (also larger ones): best '
+                 f'{max(zoo_rows, key=lambda r: r["top1_mean"])["model"]} '
+                 f'{max(r["top1_mean"] for r in zoo_rows):.2f} vs reassembled {dery_row["top1_mean"]:.2f}.'))
+
+
+def partition_blocks(part):
+    """``{model: [dict(start, end, set, start_idx, end_idx)]}`` from ``partition.json``'s dict."""
+    blocks = {}
+    for name, info in part['models'].items():
+        nodes = info['nodes']
+        blocks[name] = [dict(start=b['start'], end=b['end'], set=b['set'], start_idx=nodes.index(b['start']),
+                             end_idx=nodes.index(b['end'])) for b in info['blocks']]
+    return blocks
+
+
+def collect_results(*, command, quick, work_dir, machine, data_info, zoo, part, record, ft, demo, dery_cfg,
+                    stages):
+    """``results.json``'s dict: the run, data, zoo, partition, assembly, every run, the rows and targets."""
+    from dery.utils import load_json, to_plain
+    rows = result_rows(ft)
+    constraints = to_plain(dery_cfg.constraints)
+    within = within_budget(constraints, ft.params, ft.flops)
+    rel = osp.relpath(work_dir)
+    probe = load_json(osp.join(dery_cfg.work_dir, 'similarity.json'), 'similarity file')['meta']['probe']
+    return dict(
+        command=command, created=time.strftime('%Y-%m-%d %H:%M:%S'), quick=bool(quick),
+        work_dir=rel if not rel.startswith('..') else work_dir, machine=machine,
+        data=data_info, zoo=zoo.info, largest_zoo_params=max(ft.zoo_rows, key=lambda r: r['params'])['params'],
+        partition=dict(num_sets=part['num_sets'], objective=part['objective'], similarity=part.get('similarity'),
+                       models=partition_blocks(part), probe_samples=probe['num_samples']),
+        assembly=dict(blocks=record['blocks'], stitches=[s for s in record['stitches']], params=record['params'],
+                      flops=record['flops'], constraints=record['constraints'], proxy=record['proxy'],
+                      solver={k: v for k, v in record['solver'].items() if k != 'info'}, within_budget=within,
+                      measured_params=ft.params, measured_flops=ft.flops),
+        seeds=dict(dery=list(demo.seeds), zoo=list(demo.zoo_seeds)),
+        runs=ft.runs, results=rows, targets=demo_targets(rows, constraints, within, len(demo.seeds)),
+        plots=dict(PLOTS), stages=stages)
 
 
 def mean_std(values):
+    """Mean and sample standard deviation (0 for one value, NaN for none)."""
     values = [float(v) for v in values]
     if not values:
         return float('nan'), float('nan')
@@ -100,14 +116,6 @@ def mean_std(values):
 
 
 # ---------------------------------------------------------------------------- formatting
-def human(n, digits=3):
-    n = float(n)
-    for div, suffix in ((1e9, 'G'), (1e6, 'M'), (1e3, 'K')):
-        if abs(n) >= div:
-            return f'{n / div:.{digits}f}{suffix}'
-    return f'{n:.0f}'
-
-
 def fmt_top1(row):
     """``95.23 ± 0.41`` (sample std over seeds) or ``95.23`` for one seed: the report's format."""
     if len(row['top1']) > 1:
@@ -117,6 +125,7 @@ def fmt_top1(row):
 
 def results_rows(results, markdown=True):
     """Rows of the results table: (model, init, params, FLOPs, top-1 text, seeds text); DeRy in bold."""
+    from dery.utils import human
     rows = []
     for r in results['results']:
         label = f'**{r["label"]}**' if markdown and r['kind'] == 'dery' else r['label']
@@ -146,6 +155,8 @@ def plot_curves(results, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
+    from dery.utils import atomic_write
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     cmap = plt.get_cmap('tab10')
     for i, row in enumerate(results['results']):
@@ -189,6 +200,7 @@ def _md_table(header, rows):
 
 def write_report(results, path):
     """``report.md`` from ``results.json``'s dict (every number in it is from that dict)."""
+    from dery.utils import atomic_write, human
     R = results
     src, tgt = R['data']['source'], R['data']['target']
     asm, part = R['assembly'], R['partition']
@@ -289,3 +301,12 @@ def write_report(results, path):
     with atomic_write(path, 'w') as f:
         f.write(text)
     return text
+
+
+def print_summary(console, results, report_path):
+    """The results table, each target (MET / MISSED / NOTE) and where the report is."""
+    console.print(results_table(results))
+    for t in results['targets'].values():
+        tag = 'NOTE  ' if t.get('reference') else ('[green]MET[/green]   ' if t['met'] else '[red]MISSED[/red] ')
+        console.print(tag + t['text'])
+    console.print(f'Report: {report_path}  (total {results["seconds_total"]:.1f} s)')
