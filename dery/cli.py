@@ -12,8 +12,8 @@ Every tool under ``tools/`` is a thin script::
     if __name__ == '__main__':
         run(main)
 
-This module imports only the standard library and mmengine's light config
-module at import time, so ``--help`` answers before torch loads. :func:`run`
+This module imports only the standard library at import time (mmengine's
+``DictAction`` when ``--cfg-options`` is given), so ``--help`` answers at once. :func:`run`
 prints DeRy's own errors (:class:`dery.errors.DeryError`) as one line
 ``error: ...`` and exits 2; ``--debug`` or ``DERY_DEBUG=1`` shows their
 traceback. Anything else is a bug and keeps its traceback.
@@ -23,10 +23,9 @@ import os
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
-
 __all__ = ['run', 'stage_parser', 'train_parser', 'test_parser', 'add_common_args', 'load_config', 'check_cfg_options',
-           'setup_distributed', 'stage_logger', 'check_data_roots', 'add_check_hooks', 'print_table']
+           'setup_distributed', 'setup_threads', 'stage_logger', 'check_data_roots', 'add_check_hooks', 'print_table',
+           'stage_time_table']
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -45,15 +44,26 @@ def run(main, *args, **kwargs):
     except DeryError as e:
         if debug_enabled():
             raise
-        print(f'error: {error_message(e)}', file=sys.stderr, flush=True)
+        sys.stderr.write(f'error: {error_message(e)}\n')
+        sys.stderr.flush()
         sys.exit(2)
     except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr, flush=True)
+        sys.stderr.write('interrupted\n')
+        sys.stderr.flush()
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
 
 # ---------------------------------------------------------------------------- arguments
+class DictAction(argparse.Action):
+    """mmengine's ``DictAction`` (``--cfg-options k=v ...``), imported when the option is given: building
+    the parser and ``--help`` import nothing of mmengine."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from mmengine.config import DictAction as _DictAction
+        _DictAction(self.option_strings, self.dest, nargs=self.nargs)(parser, namespace, values, option_string)
+
+
 def add_common_args(p, work_dir_help='the dir to save outputs (default: work_dirs/<config stem>)'):
     p.add_argument('--work-dir', help=work_dir_help)
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -103,7 +113,7 @@ SECTION_KEYS = dict(
     constraints=('params', 'flops'),
 )
 #: DeRy's typed sections: their registry (by name) and keys the stage takes besides the class's arguments
-TYPED_SECTIONS = dict(similarity=('SIMILARITIES', ('store', 'checkpoint_interval', 'plot', 'progress', 'resume')),
+TYPED_SECTIONS = dict(similarity=('SIMILARITIES', ('store', 'checkpoint_interval', 'plot', 'progress', 'resume', 'device')),
                       partitioner=('PARTITIONERS', ()), proxy=('PROXIES', ()), solver=('SOLVERS', ()))
 
 
@@ -191,7 +201,18 @@ def load_config(args, apply_work_dir=True):
             cfg.work_dir = default_work_dir(args.config)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(getattr(args, 'local_rank', 0))
+    setup_threads()
     return cfg
+
+
+# ---------------------------------------------------------------------------- threads
+def setup_threads():
+    """torch's intra-op threads from the cores this process may use (:func:`dery.utils.dist.setup_threads`):
+    ``DERY_NUM_THREADS``, else ``OMP_NUM_THREADS`` when you set it, else the available cores divided by the
+    processes of the job on this machine (torchrun's ``LOCAL_WORLD_SIZE``), so that N CPU processes do
+    not run N x all-cores threads."""
+    from dery.utils.dist import setup_threads as _setup
+    return _setup()
 
 
 # ---------------------------------------------------------------------------- distributed
@@ -219,13 +240,33 @@ def setup_distributed(cfg, launcher):
 
 # ---------------------------------------------------------------------------- runs
 def stage_logger(cfg, stage):
-    """The 'dery' MMLogger, also writing ``WORK_DIR/<stage>_<timestamp>.log``."""
+    """The 'dery' MMLogger, also writing ``WORK_DIR/<stage>_<timestamp>.log``.
+
+    A second tool run in the same process (a notebook, a test) gets its own
+    log file, and console handlers follow the current ``sys.stdout``/``stderr``:
+    mmengine keeps the handlers of the first ``get_instance`` call.
+    """
+    import logging
     import time
 
     from mmengine.logging import MMLogger
+    from mmengine.logging.logger import MMFormatter
     os.makedirs(cfg.work_dir, exist_ok=True)
-    stamp = time.strftime('%Y%m%d_%H%M%S')
-    return MMLogger.get_instance('dery', logger_name='dery', log_file=osp.join(cfg.work_dir, f'{stage}_{stamp}.log'))
+    path = osp.join(cfg.work_dir, f'{stage}_{time.strftime("%Y%m%d_%H%M%S")}.log')
+    if not MMLogger.check_instance_created('dery'):
+        return MMLogger.get_instance('dery', logger_name='dery', log_file=path)
+    logger = MMLogger.get_instance('dery')
+    for h in list(logger.handlers):
+        if isinstance(h, logging.FileHandler):
+            logger.removeHandler(h)
+            h.close()
+        elif isinstance(h, logging.StreamHandler) and getattr(h.stream, 'closed', False):
+            h.setStream(sys.stdout)
+    handler = logging.FileHandler(path, 'w')
+    handler.setFormatter(MMFormatter(color=False, datefmt='%Y/%m/%d %H:%M:%S'))
+    handler.setLevel(logger.level)
+    logger.addHandler(handler)
+    return logger
 
 
 def check_data_roots(cfg):
@@ -253,6 +294,40 @@ def add_check_hooks(cfg):
         if not any(h.get('type') == name for h in hooks):
             hooks.append(dict(type=name))
     cfg.custom_hooks = hooks
+
+
+def stage_time_table(work_dir, stages, wall=None):
+    """A rich table of the seconds of every step of ``stages`` (from ``WORK_DIR/timings.json``, written by
+    the stages that ran), this process's peak resident memory and the tool's ``wall`` time."""
+    import json
+    import resource
+
+    from rich.table import Table
+    path = osp.join(work_dir, 'timings.json')
+    data = {}
+    if osp.isfile(path):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            data = {}
+    table = Table(title='time per stage (s)', title_justify='left')
+    for col in ('stage', 'step', 'seconds'):
+        table.add_column(col, justify='right' if col == 'seconds' else 'left')
+    order = ('similarity_build', 'similarity_probe', 'similarity_capture', 'similarity_metric', 'similarity',
+             'similarity_plot', 'partitioner')
+    for stage in stages:
+        rows = {k[:-len('_seconds')]: v for k, v in (data.get(stage) or {}).items()
+                if isinstance(v, (int, float)) and k.endswith('_seconds')}
+        keys = sorted(rows, key=lambda k: (k == 'total', order.index(k) if k in order else len(order), k))
+        for key in keys:
+            label = 'similarity (all of it)' if key == 'similarity' else key.replace('_', ' ')
+            table.add_row(stage, label, f'{rows[key]:.2f}')
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)  # KiB on Linux
+    table.add_row('process', 'peak RSS (GiB)', f'{peak:.2f}')
+    if wall is not None:
+        table.add_row('tool', 'wall', f'{wall:.2f}')
+    return table
 
 
 def print_table(table):

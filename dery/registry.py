@@ -89,6 +89,24 @@ class Registry(_MMEngineRegistry):
             obj = super().get(key)
         return obj
 
+    def _register_module(self, module, module_name=None, force=False):
+        super()._register_module(module, module_name, force)
+        if _MIRROR['on']:
+            self._mirror_into_parent(module_name or module.__name__)
+
+    def _mirror_into_parent(self, names):
+        """Register ``names`` (DeRy's modules) in the mmpretrain parent registry too, never over one of
+        mmpretrain's own names: mmpretrain's tools and ``mmpretrain.apis.get_model`` build under
+        the 'mmpretrain' scope and look there (see :func:`register_all_modules`)."""
+        parent = self.parent
+        if parent is None or parent.scope != 'mmpretrain':
+            return
+        mirrored = self.__dict__.setdefault('_mirrored', set())
+        for name in [names] if isinstance(names, str) else names:
+            if name not in parent._module_dict or name in mirrored:
+                parent._module_dict[name] = self._module_dict[name]
+                mirrored.add(name)
+
     def build(self, cfg, *args, **kwargs):
         if isinstance(cfg, dict) and isinstance(cfg.get('type'), str):
             name = cfg['type']
@@ -103,6 +121,12 @@ class Registry(_MMEngineRegistry):
                 msg = unknown_arguments_message(f'{self.name} {name}', obj, cfg.keys())
                 if msg:
                     raise ConfigError(msg)
+        if self.parent is None:
+            # DeRy's own pipeline registries (zoo adapters, metrics, ...) have no node in another
+            # scope's tree: build under 'dery' also while mmpretrain's tools set theirs
+            from mmengine.registry import DefaultScope
+            with DefaultScope.overwrite_default_scope(self.scope):
+                return super().build(cfg, *args, **kwargs)
         return super().build(cfg, *args, **kwargs)
 
 
@@ -167,3 +191,39 @@ PARTITIONERS = Registry('partitioner', scope='dery', locations=['dery.partition'
 PROXIES = Registry('proxy', scope='dery', locations=['dery.proxies'])
 # Solvers that pick one block per stage under params/FLOPs budgets.
 SOLVERS = Registry('solver', scope='dery', locations=['dery.solvers'])
+
+_MIRROR = dict(on=False)
+
+
+def register_all_modules(init_default_scope=True):
+    """Register every DeRy module, in DeRy's registries and in mmpretrain's (as
+    ``mmpretrain.utils.register_all_modules``).
+
+    mmpretrain's own tools (``tools/analysis_tools/*.py``, ``ImageClassificationInferencer``,
+    ``mmpretrain.apis.get_model``) build under the 'mmpretrain' scope and look up
+    names in mmpretrain's registries, where DeRy's child registries are not
+    searched. After this call DeRy's models, data sets and hooks are found there
+    too (never replacing one of mmpretrain's names), and so is every module
+    registered in a DeRy registry afterwards (a project's ``custom_imports``).
+    DeRy configs and ``assembled.py`` call it through
+    ``custom_imports = dict(imports=['dery.all_modules'])``.
+
+    Args:
+        init_default_scope (bool): also make 'dery' the default scope (as
+            mmpretrain's function does for 'mmpretrain').
+    """
+    import datetime
+
+    from mmengine.registry import DefaultScope
+    registries = [v for v in globals().values() if isinstance(v, Registry)]
+    for reg in registries:
+        reg.import_from_location()
+        if reg.parent is not None and reg._module_dict:
+            reg.parent.import_from_location()  # mmpretrain's own names first: never shadowed
+    _MIRROR['on'] = True
+    for reg in registries:
+        reg._mirror_into_parent(list(reg._module_dict))
+    if init_default_scope:
+        current = DefaultScope.get_current_instance()
+        if current is None or current.scope_name != 'dery':
+            DefaultScope.get_instance(f'dery-{datetime.datetime.now()}', scope_name='dery')

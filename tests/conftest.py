@@ -35,3 +35,37 @@ def tiny_reference(tmp_path_factory):
     proc = subprocess.run(cmd, cwd=TINY_ROOT, env=tiny_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     return work_dir
+
+
+TINY_TRAIN_OPTS = ['train_cfg.max_iters=2', 'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
+                   'default_hooks.logger.interval=1', 'train_dataloader.batch_size=8']
+
+
+def have_tensorboard():
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope='session')
+def tiny_trained(tmp_path_factory, tiny_reference):
+    """The tiny run trained for 2 iterations by ``tools/train.py`` (read-only): ``iter_2.pth`` (with its
+    assembly record), ``assembled.py``, the json log, and TensorBoard event files when tensorboard is installed
+    (the config adds ``TensorboardVisBackend`` as docs/train.md shows)."""
+    import shutil
+    import subprocess
+    import sys
+    root = tmp_path_factory.mktemp('tiny_trained')
+    work = str(root / 'work')
+    shutil.copytree(tiny_reference, work)
+    config = root / 'tiny_cpu_tb.py'
+    backends = "dict(type='LocalVisBackend')" + (", dict(type='TensorboardVisBackend')" if have_tensorboard() else '')
+    config.write_text(f'_base_ = [{TINY_CONFIG!r}]\nvisualizer = dict(vis_backends=[{backends}])\n')
+    cmd = [sys.executable, _osp.join(TINY_ROOT, 'tools', 'train.py'), str(config), '--work-dir', work,
+           '--cfg-options', *TINY_OPTS, *TINY_TRAIN_OPTS]
+    proc = subprocess.run(cmd, cwd=TINY_ROOT, env=tiny_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    assert _osp.isfile(_osp.join(work, 'iter_2.pth')), (proc.stdout + proc.stderr)[-3000:]
+    return work

@@ -140,7 +140,8 @@ def build_representative(cfg, zoos, frozen_blocks=None, stem='source'):
     backbone = ReassembledBackbone(blocks, zoo=cache, stem=stem, stitch_init='random', frozen_blocks=frozen)
     channels = backbone.out_specs[-1].channels
     model_cfg = _plain(cfg.model.to_dict())
-    assert model_cfg['head']['in_channels'] == 'auto'
+    # 'auto', or given by a fixed assembly (configs/dery/paper), whose own network tests/test_fidelity.py builds
+    assert model_cfg['head']['in_channels'] == 'auto' or (cfg.get('assembly') or {}).get('blocks')
     model_cfg['backbone'] = backbone
     model_cfg['head']['in_channels'] = channels
     model_cfg.setdefault('data_preprocessor', _plain(cfg.get('data_preprocessor')))
@@ -200,6 +201,9 @@ def test_config_builds_its_model(path, zoos):
         assert key in cfg, f'{key} missing'
     cons = cfg.constraints
     assert set(cons) == {'params', 'flops'} and all(isinstance(cons[k][1], int) for k in cons)
+    if (cfg.get('assembly') or {}).get('blocks'):  # a fixed assembly: its blocks fit its zoo, options valid
+        from dery.apis.checks import check_config
+        check_config(cfg, 'assembly')
     model = build_representative(cfg, zoos)
     num_classes = cfg.model.head.num_classes
     assert model.head.num_classes == num_classes == cfg.data_preprocessor.num_classes
@@ -323,13 +327,14 @@ def test_lr_multipliers_reach_the_parameter_groups(zoos):
     assert cfg.model.backbone.frozen_blocks is True
     assert cfg.optim_wrapper.clip_grad.max_norm == 5.0
     assert [h.type for h in cfg.custom_hooks] == ['EMAHook']
-    # the multipliers on a small network with all five parts (stem='resnet' adds stem_stitch)
+    # the multipliers on a small network with all five parts (a 32-channel fresh stem adds stem_stitch into
+    # the first block's 64 channels; a fresh stem of the block's own width feeds it directly)
     tiny = Config.fromfile(osp.join(CONFIGS, 'dery', 'tiny_cpu.py'))
     tiny.model.head.num_classes = cfg.model.head.num_classes
     tiny.data_preprocessor.num_classes = cfg.model.head.num_classes
     base_lr, base_wd = cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.optimizer.weight_decay
     for frozen in (False, True):
-        model = build_representative(tiny, zoos, frozen_blocks=frozen, stem='resnet')
+        model = build_representative(tiny, zoos, frozen_blocks=frozen, stem=dict(type='resnet', channels=32))
         wrapper_cfg = copy.deepcopy(cfg.optim_wrapper)
         wrapper = build_optim_wrapper(model, wrapper_cfg)
         assert wrapper.clip_grad_kwargs['max_norm'] == 5.0

@@ -62,6 +62,24 @@ def test_digits_split():
         SklearnDigitsDataset(split='train', num_train=5000)
 
 
+def test_shapes_deterministic_balanced_factorised():
+    from dery.datasets import ProceduralShapesDataset
+    from dery.datasets.shapes import FILLS, SHAPES, render_shapes
+    a, la = render_shapes(40, image_size=16, seed=2)
+    b, lb = render_shapes(40, image_size=16, seed=2)
+    assert a.shape == (40, 16, 16, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    assert np.bincount(la).tolist() == [5] * 8 and a.std() > 10
+    test, _ = render_shapes(40, image_size=16, seed=2, split='test')
+    assert not np.array_equal(a, test)
+    ds = ProceduralShapesDataset(split='train', num_samples=16, pipeline=[dict(type='PackInputs')])
+    assert ds.metainfo['classes'][:2] == [f'{SHAPES[0]}_{FILLS[0]}', f'{SHAPES[0]}_{FILLS[1]}']
+    assert len(ds) == 16 and tuple(ds[3]['inputs'].shape) == (3, 16, 16)
+    assert len(ProceduralShapesDataset(split='test')) == 800 and len(ProceduralShapesDataset()) == 160
+    with pytest.raises(ValueError, match='split'):
+        ProceduralShapesDataset(split='val')
+
+
 # ---------------------------------------------------------------------------- zoo weights
 @pytest.mark.parametrize('entry', [
     dict(name='t_resnet', adapter='mmpretrain', family='cnn', input_size=[3, 16, 16],
@@ -129,7 +147,7 @@ def test_demo_quick_end_to_end(tmp_path):
     report = (work / 'report.md').read_text()
     results = json.loads((work / 'results.json').read_text())
     for section in ('## Tasks', '## Zoo', '## Functional similarity', '## Partition', '## Reassembled network',
-                    '## Results on the target task', '## Targets', '## Stage times'):
+                    '## Results on the target task', '## Targets', '## Proxy calibration', '## Stage times'):
         assert section in report, f'report lacks {section}'
     # plots exist, are PNGs, and the report links them
     for key in ('similarity', 'partition', 'curves'):
@@ -164,9 +182,13 @@ def test_demo_quick_end_to_end(tmp_path):
 
     # results table == results.json == each run's own scalars.json
     rows = _md_table(report, 'model | init')
-    assert len(rows) == len(results['results']) == 2 + len(results['zoo'])
+    cross = 1 if results['cross_family'] else 0
+    assert len(rows) == len(results['results']) == 2 + cross + len(results['zoo'])
     kinds = [r['kind'] for r in results['results']]
-    assert kinds[:2] == ['dery', 'scratch'] and kinds[2:] == ['zoo'] * len(results['zoo'])
+    assert kinds[:2] == ['dery', 'scratch'] and kinds[2:2 + cross] == ['cross'] * cross
+    assert kinds[2 + cross:] == ['zoo'] * len(results['zoo'])
+    for z in results['zoo']:  # every zoo model pre-trained with its family's recipe
+        assert set(z['recipe']) >= {'iters', 'lr', 'warmup'} and f'{z["recipe"]["iters"]} it' in report
     for row, res in zip(rows, results['results']):
         label = f'**{res["label"]}**' if res['kind'] == 'dery' else res['label']
         assert row[0] == label and row[2] == human(res['params']) and row[3] == human(res['flops'])
@@ -181,6 +203,26 @@ def test_demo_quick_end_to_end(tmp_path):
     assert dery_row['params'] == scratch_row['params'] == asm['params']
     assert dery_row['flops'] == scratch_row['flops'] == asm['flops']
     assert f'{dery_row["top1_mean"]:.2f} vs {scratch_row["top1_mean"]:.2f}' in report
+
+    # the proxy calibration: every registered proxy in the report's table == calibration.json; the solver's
+    # answer is the reassembled model's seed-0 run
+    from dery.registry import PROXIES
+    PROXIES.import_from_location()
+    cal = results['calibration']['tasks']['digits']
+    rec = json.loads((work / cal['dir'] / 'calibration.json').read_text())
+    assert set(rec['proxies']) == set(PROXIES.module_dict) and len(rec['proxies']) >= 10
+    rows = _md_table(report, "proxy | Kendall's tau [95% CI]")
+    assert {r[0] for r in rows} == set(rec['proxies'])
+    from dery.calibration.report import fmt_ci
+    for r in rows:
+        t = rec['proxies'][r[0]]
+        assert r[1] == fmt_ci(t['tau'], t['tau_ci']) and r[2] == fmt_ci(t['rho'], t['rho_ci'])
+    solver = next(x for x in rec['samples'] if x['source'] == 'solver')
+    assert solver['top1'] == [results['runs']['dery_s0']['top1']]
+    assert results['calibration']['used']['type'] == asm['proxy']['type']
+    assert f'**The solver used {asm["proxy"]["type"]}**' in report
+    with open(work / cal['plot'], 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
     # a second run reuses the pre-trained zoo and the finished runs, and reports the same numbers
     out2 = _run_demo(work)

@@ -265,7 +265,7 @@ def test_torchrun_rank_killed_in_similarity_then_rerun_equals_uninterrupted(refe
         lines.append(line)
         if 'MARK batch rank 1' in line:
             marks += 1
-            if marks == 4:  # rank 1 is inside its second feature batch (3 models per batch)
+            if marks == 4:  # rank 1 is inside the 4th batch of its first model (6 batches per model)
                 with open(tmp_path / 'rank1.pid') as f:
                     os.kill(int(f.read()), signal.SIGKILL)
                 killed = True

@@ -16,7 +16,7 @@ def main():
 
     from dery.apis import assemble, partition
     from dery.apis.checks import check_config
-    from dery.cli import load_config, print_table, setup_distributed, stage_logger
+    from dery.cli import load_config, print_table, setup_distributed, stage_logger, stage_time_table
     cfg = load_config(args)
     check_config(cfg, 'assembly')  # every config error before any work
     setup_distributed(cfg, args.launcher)
@@ -27,10 +27,18 @@ def main():
         # the similarity stage runs on every rank (reused when partition.json is current); the rest on rank 0
         partition(cfg, cfg.work_dir, launcher=args.launcher, check=False)
     if get_rank() == 0:
-        record = assemble(cfg, cfg.work_dir, launcher=args.launcher, force=args.force, check=False)
+        zoo = None
+        if args.launcher == 'none':
+            from dery.zoo import ZooCache
+            # the similarity stage runs inside assemble() here, and the assembly stage then uses every zoo
+            # model: keep what the similarity stage builds instead of building it twice (issue #16)
+            zoo = ZooCache.from_config(cfg.zoo)
+            zoo.keep_built = True
+        record = assemble(cfg, cfg.work_dir, launcher=args.launcher, force=args.force, check=False, zoo=zoo)
     barrier()
     if get_rank() == 0:
         print_table(record.table())
+        print_table(stage_time_table(cfg.work_dir, ('partition', 'assemble'), wall=time.perf_counter() - t0))
         logger.info(f'assemble stage done in {time.perf_counter() - t0:.1f}s -> {cfg.work_dir}/assembly.json')
 
 

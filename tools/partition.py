@@ -15,7 +15,7 @@ def main():
 
     from dery.apis import partition
     from dery.apis.checks import check_config
-    from dery.cli import load_config, print_table, setup_distributed, stage_logger
+    from dery.cli import load_config, print_table, setup_distributed, stage_logger, stage_time_table
     cfg = load_config(args)
     check_config(cfg, 'partition')  # every config error before any work
     setup_distributed(cfg, args.launcher)
@@ -24,6 +24,7 @@ def main():
     result = partition(cfg, cfg.work_dir, launcher=args.launcher, force=args.force, check=False)
     if get_rank() == 0:
         print_table(result.table())
+        print_table(stage_time_table(cfg.work_dir, ('partition', ), wall=time.perf_counter() - t0))
         logger.info(f'partition stage done in {time.perf_counter() - t0:.1f}s -> {cfg.work_dir}/partition.json')
 
 

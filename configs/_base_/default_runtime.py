@@ -1,5 +1,8 @@
 # defaults to use registries in dery (children of mmpretrain's)
 default_scope = 'dery'
+# registers DeRy's modules in mmpretrain's registries too, so mmpretrain's own tools
+# (tools/analysis_tools/*.py, the Inferencer) find them (docs/openmmlab.md)
+custom_imports = dict(imports=['dery.all_modules'], allow_failed_imports=False)
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),

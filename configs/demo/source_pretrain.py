@@ -2,7 +2,8 @@
 # The task: ProceduralGlyphDataset, 16 classes of procedurally drawn glyphs at 16x16 (no download).
 # The model is the zoo model as DeRy sees it: its stem and all its nodes (a ReassembledBackbone of one
 # block, random init), a LayerNorm on transformer outputs, global average pooling and a linear head.
-# tools/demo.py sets `model.backbone` and `model.head.in_channels` per zoo model and exports the trained
+# tools/demo.py sets `model.backbone`, `model.head.in_channels` and the schedule (configs/demo/demo.py's
+# `pretrain_recipes`: iterations, lr, warm-up per family) per zoo model and exports the trained
 # weights as the zoo model's state dict; run alone, this file pre-trains the first zoo model:
 #   python tools/train.py configs/demo/source_pretrain.py
 _base_ = ['./zoo.py', '../_base_/demo_training.py']
@@ -21,7 +22,7 @@ _glyphs = dict(type='ProceduralGlyphDataset', num_classes=16, image_size=16, see
 train_dataloader = dict(
     batch_size=64,
     # no augmentation: every glyph image is already a fresh random drawing
-    dataset=dict(_glyphs, num_samples=4000, split='train', pipeline=[dict(type='PackInputs')]))
+    dataset=dict(_glyphs, num_samples=12000, split='train', pipeline=[dict(type='PackInputs')]))
 val_dataloader = dict(dataset=dict(_glyphs, num_samples=800, split='test', pipeline=[dict(type='PackInputs')]))
 test_dataloader = val_dataloader
 

@@ -4,6 +4,8 @@ import os
 from mmengine.registry import init_default_scope
 
 from dery.assembly import run_assembly
+from dery.assembly.context import is_fixed
+from dery.assembly.stage import run_fixed_assembly
 from dery.partition.stage import partition_stamp, run_partition
 from dery.utils import as_config, work_dir_of
 from dery.zoo import ZooCache
@@ -24,6 +26,9 @@ def assemble(cfg, work_dir=None, launcher='none', force=False, zoo=None, check=T
     Returns:
         Assembly: the record written to ``WORK_DIR/assembly.json`` (with
         ``assembled.py`` and ``assembled_init.pth`` beside it).
+
+    A config that gives its assembly (``assembly = dict(blocks=[...], ...)``)
+    is only built and recorded: no partition, no solver, no probe data.
     """
     cfg = as_config(cfg)
     init_default_scope(cfg.get('default_scope', 'dery'))
@@ -32,6 +37,8 @@ def assemble(cfg, work_dir=None, launcher='none', force=False, zoo=None, check=T
     work_dir = work_dir or work_dir_of(cfg)
     os.makedirs(work_dir, exist_ok=True)
     zoo = zoo if zoo is not None else ZooCache.from_config(cfg.zoo)
+    if is_fixed(cfg):
+        return run_fixed_assembly(cfg, zoo, work_dir, force=force)
     part = run_partition(cfg, work_dir, zoo, launcher=launcher)
     part.validate(nodes={name: zoo[name].nodes for name in zoo.names})
     return run_assembly(cfg, work_dir, zoo, part, partition_stamp(cfg, zoo), force=force)

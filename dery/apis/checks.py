@@ -53,6 +53,9 @@ def check_config(cfg, upto='assembly'):
     if upto not in STAGES:
         raise ValueError(f'upto must be one of {STAGES}, got {upto!r}')
     zoo = ZooCache.from_config(cfg.get('zoo'))
+    from dery.assembly.context import is_fixed
+    if upto != 'partition' and is_fixed(cfg):
+        return _check_fixed(cfg, zoo, upto)
     if len(zoo.names) < 2:
         raise ConfigError(f'the zoo has {len(zoo.names)} model ({", ".join(zoo.names)}): DeRy reassembles blocks '
                           'of several models; list at least two in zoo.models')
@@ -94,6 +97,42 @@ def check_config(cfg, upto='assembly'):
     if bb.get('type') == 'ReassembledBackbone':
         _check_indices('frozen_blocks', bb.get('frozen_blocks', False), k)
         _check_indices('out_indices', bb.get('out_indices', (-1, )), k)
+    if 'head' not in model:
+        raise ConfigError('model has no `head`; the assembly measures the classifier with its head')
+    if upto == 'train':
+        check_head_classes(cfg)
+    return zoo
+
+
+def _check_fixed(cfg, zoo, upto):
+    """A config that gives its assembly (``assembly.blocks``): no probe, partitioner, proxy, solver or
+    target is needed (target only when its stitches are fitted)."""
+    from dery.assembly.context import check_assembly_options
+    opts = check_assembly_options(cfg.get('assembly'))
+    for k, b in enumerate(opts['blocks']):
+        if b['model'] not in zoo:
+            raise ConfigError(f"assembly.blocks[{k}] names {b['model']!r}, which is not in the zoo "
+                              f"({', '.join(zoo.names)}); add it to zoo.models")
+    if cfg.get('constraints') is not None:
+        from dery.solvers import normalize_constraints
+        normalize_constraints(to_plain(cfg.constraints))
+    if opts['stitch_init'] == 'lstsq':
+        target = _section(cfg, 'target', "dict(dataset=...) (the stitches are fitted on its images; or "
+                                         "assembly.stitch_init='random')")
+        if 'dataset' not in target:
+            raise ConfigError('target has no `dataset`: the stitches are fitted on its images')
+        _, n = _dataset_len(target['dataset'], 'target.dataset')
+        if n < opts['stitch_samples']:
+            raise ConfigError(f"assembly.stitch_samples={opts['stitch_samples']} is more than the {n} target images")
+    k = len(opts['blocks'])
+    model = to_plain(cfg.get('model') or {})
+    bb = model.get('backbone') or {}
+    if bb.get('type') == 'ReassembledBackbone':
+        for name in ('frozen_blocks', 'out_indices'):
+            try:
+                _check_indices(name, bb.get(name, (-1, ) if name == 'out_indices' else False), k)
+            except ConfigError as e:
+                raise ConfigError(str(e).replace(f'(num_sets={k})', '(assembly.blocks)')) from None
     if 'head' not in model:
         raise ConfigError('model has no `head`; the assembly measures the classifier with its head')
     if upto == 'train':

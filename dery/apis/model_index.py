@@ -68,6 +68,8 @@ def get_model(model, pretrained=False, assembly=None, device=None, model_index=N
     from mmengine.registry import DefaultScope
 
     from dery.assembly import resolve_model_cfg
+    from dery.assembly.config import use_fixed_assembly
+    from dery.assembly.context import is_fixed
     from dery.registry import MODELS
     from dery.utils import get_logger
 
@@ -94,21 +96,24 @@ def get_model(model, pretrained=False, assembly=None, device=None, model_index=N
     if bb.get('type') == 'ReassembledBackbone' and bb.get('assembly'):
         path = bb['assembly'] if bb['assembly'] != 'auto' else None
         path = find_assembly(assembly if assembly is not None else path, name)
-        if path is None:
+        if path is None and is_fixed(cfg):  # the config gives its assembly (assembly.blocks): no search
+            use_fixed_assembly(cfg)
+        elif path is None:
             cfg_hint = info.config if info else (cfg.filename or 'CONFIG')
             raise MissingFileError(
                 f"'{name}' is a DeRy config: its architecture is the result of the search, and no "
                 f'assembly.json was found (looked in work_dirs/{name}/). Run `python tools/assemble.py '
                 f'{cfg_hint}` (tools/train.py does it too), or pass assembly=WORK_DIR or the path of an '
                 'assembly.json')
-        work_dir = osp.dirname(osp.abspath(path))
-        bb['assembly'] = path
-        resolve_model_cfg(cfg, work_dir)
+        else:
+            work_dir = osp.dirname(osp.abspath(path))
+            bb['assembly'] = path
+            resolve_model_cfg(cfg, work_dir)
     elif assembly is not None:
         raise ConfigError(f"'{name}' does not build a ReassembledBackbone from an assembly; "
                          'assembly= does not apply')
 
-    checkpoint = None
+    checkpoint, weights_note = None, None
     backbone = cfg.model.get('backbone') or {}
     if pretrained is True:
         if info is not None and info.weights:
@@ -116,8 +121,8 @@ def get_model(model, pretrained=False, assembly=None, device=None, model_index=N
         elif work_dir is not None:
             checkpoint = _latest_checkpoint(work_dir)
             if checkpoint is None:
-                get_logger().warning(f'get_model: no training checkpoint in {work_dir}; loading the assembled '
-                                     'initial weights (zoo blocks, fitted stitches, untrained head)')
+                weights_note = (f'assembled_init.pth (zoo blocks, fitted stitches, untrained head: no training '
+                                f'checkpoint in {work_dir})')
         else:
             raise ConfigError(f"no weights are known for '{name}'; pass pretrained=PATH")
     elif isinstance(pretrained, (str, os.PathLike)):
@@ -129,10 +134,11 @@ def get_model(model, pretrained=False, assembly=None, device=None, model_index=N
         backbone.pop('init_cfg', None)  # random init: read no file
 
     cfg.model.setdefault('data_preprocessor', cfg.get('data_preprocessor', None))
-    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'dery')):
+    from dery.utils import quiet_mmengine
+    with quiet_mmengine(), DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'dery')):
         net = MODELS.build(cfg.model)
-    if use_init:
-        net.init_weights()
+        if use_init:
+            net.init_weights()  # mmengine's per-parameter report: at debug level only (DERY_DEBUG=1)
     if checkpoint is not None and osp.isfile(checkpoint):
         from dery.utils import safe_torch_load
         from dery.utils.checkpoint import check_state_dict, state_dict_of
@@ -142,7 +148,11 @@ def get_model(model, pretrained=False, assembly=None, device=None, model_index=N
         net.load_state_dict(state, strict=True)
     elif checkpoint is not None:  # a URL: mmengine downloads it
         from mmengine.runner import load_checkpoint
-        load_checkpoint(net, checkpoint, map_location='cpu', logger=get_logger(), strict=True)
+        with quiet_mmengine():
+            load_checkpoint(net, checkpoint, map_location='cpu', logger=get_logger(), strict=True)
+    from .inference import model_summary
+    summary = 'get_model: ' + model_summary(net, name, checkpoint or (weights_note if use_init else None))
+    (get_logger().warning if use_init else get_logger().info)(summary)
     net._config = cfg
     if device is not None:
         net.to(device)

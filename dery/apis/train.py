@@ -5,7 +5,8 @@ import os.path as osp
 from mmengine.dist import barrier, get_rank
 
 from dery.assembly import resolve_model_cfg
-from dery.assembly.stage import assembly_stamp, current_assembly
+from dery.assembly.context import is_fixed
+from dery.assembly.stage import assembly_stamp, current_assembly, fixed_assembly_stamp
 from dery.errors import ConfigError
 from dery.partition.stage import partition_stamp
 from dery.zoo import ZooCache
@@ -35,7 +36,8 @@ def prepare_stages(cfg, launcher='none', resume=False):
     path = osp.join(work_dir, 'assembly.json')
     if resume and osp.isfile(path):
         zoo = ZooCache.from_config(cfg.zoo)
-        existing, why = current_assembly(work_dir, assembly_stamp(cfg, partition_stamp(cfg, zoo)))
+        stamp = fixed_assembly_stamp(cfg, zoo) if is_fixed(cfg) else assembly_stamp(cfg, partition_stamp(cfg, zoo))
+        existing, why = current_assembly(work_dir, stamp)
         if existing is None:
             raise ConfigError(
                 f'--resume: {path} was made with other settings ({why}); resuming keeps the stage outputs of '
@@ -43,7 +45,8 @@ def prepare_stages(cfg, launcher='none', resume=False):
                 'or train this config in a new --work-dir')
     else:
         os.makedirs(work_dir, exist_ok=True)
-        partition(cfg, work_dir, launcher=launcher, check=False)
+        if not is_fixed(cfg):  # a fixed assembly (assembly.blocks) needs no partition
+            partition(cfg, work_dir, launcher=launcher, check=False)
         if get_rank() == 0:
             assemble(cfg, work_dir, launcher=launcher, check=False)
         barrier()

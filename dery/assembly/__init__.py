@@ -8,17 +8,20 @@
   the proxy score function) and :func:`build_classifier`;
 * :mod:`~dery.assembly.record`: :class:`Assembly`, the ``assembly.json``
   record;
-* :mod:`~dery.assembly.config`: ``assembled.py`` and ``assembly='auto'``;
-* :mod:`~dery.assembly.stage`: the stage end to end (:func:`run_assembly`).
+* :mod:`~dery.assembly.config`: ``assembled.py``, ``assembly='auto'`` and fixed
+  assemblies (``assembly = dict(blocks=[...])``);
+* :mod:`~dery.assembly.stage`: the stage end to end (:func:`run_assembly`; a
+  fixed assembly: :func:`run_fixed_assembly`).
 """
-from .config import assembled_config_text, assembly_of_checkpoint, resolve_model_cfg, use_assembly
+from .config import (assembled_config_text, assembly_of_checkpoint, fixed_record, resolve_model_cfg, use_assembly,
+                     use_fixed_assembly)
 from .context import AssemblyContext, build_classifier
 from .record import Assembly, AssemblyBlock, AssemblyError, StitchRecord
-from .stage import run_assembly
+from .stage import run_assembly, run_fixed_assembly
 from .surrogate import naswot_block_scores
 from .tables import AssemblyTables
 
 __all__ = ['Assembly', 'AssemblyBlock', 'StitchRecord', 'AssemblyError', 'AssemblyContext', 'AssemblyTables',
            'build_classifier', 'naswot_block_scores', 'assembled_config_text', 'resolve_model_cfg',
-           'use_assembly', 'assembly_of_checkpoint',
-           'run_assembly']
+           'use_assembly', 'assembly_of_checkpoint', 'fixed_record', 'use_fixed_assembly',
+           'run_assembly', 'run_fixed_assembly']

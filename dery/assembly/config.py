@@ -1,12 +1,14 @@
-"""From an assembly record to configs: the standalone ``assembled.py`` and ``assembly='auto'``."""
+"""From an assembly record to configs: the standalone ``assembled.py``, ``assembly='auto'`` and
+fixed assemblies (``assembly = dict(blocks=[...])`` in the config)."""
 import os.path as osp
 
 from mmengine.config import Config
 
 from dery.utils import to_plain
-from .record import Assembly
+from .record import Assembly, AssemblyBlock
 
-__all__ = ['assembled_config_text', 'resolve_model_cfg', 'use_assembly', 'assembly_of_checkpoint', 'RUN_KEYS']
+__all__ = ['assembled_config_text', 'resolve_model_cfg', 'use_assembly', 'assembly_of_checkpoint', 'RUN_KEYS',
+           'fixed_record', 'use_fixed_assembly']
 
 #: The config keys ``assembled.py`` carries over: what training and testing the network needs.
 RUN_KEYS = ('data_preprocessor', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator',
@@ -20,7 +22,9 @@ def assembled_config_text(cfg, record, work_dir):
     bb = dict(model.get('backbone') or {})
     model['backbone'] = record.backbone_cfg(osp.abspath(work_dir), frozen_blocks=bb.get('frozen_blocks', False))
     model['head'] = dict(model['head'], in_channels=record.out_channels)
-    out = dict(default_scope='dery', model=model)
+    # custom_imports: mmpretrain's own tools find DeRy's modules (dery.registry.register_all_modules)
+    out = dict(default_scope='dery', custom_imports=dict(imports=['dery.all_modules'], allow_failed_imports=False),
+               model=model)
     for key in RUN_KEYS:
         if cfg.get(key) is not None:
             out[key] = to_plain(cfg.get(key))
@@ -75,3 +79,35 @@ def resolve_model_cfg(cfg, work_dir=None):
     if path == 'auto':
         path = osp.join(work_dir or cfg.work_dir, 'assembly.json')
     return use_assembly(cfg, Assembly.load(path), osp.dirname(osp.abspath(path)))
+
+
+def fixed_record(cfg):
+    """The architecture of a config's fixed assembly (``assembly.blocks``) as an :class:`Assembly`,
+    without building anything: no measured sizes, no weights.
+
+    ``out_channels`` is the head's ``in_channels`` when the config gives it, else
+    read off the last block's zoo model (built once, random init).
+    """
+    from dery.zoo import ZooCache, entries_from_config
+    from .context import check_assembly_options
+    opts = check_assembly_options(cfg.get('assembly'))
+    zoo_cfg = to_plain(cfg.get('zoo') or {})
+    entries = entries_from_config(zoo_cfg)
+    input_size = list(zoo_cfg.get('input_size', (3, 224, 224)))
+    blocks = [AssemblyBlock(model=b['model'], start=b['start'], end=b['end'], position=k, stride=b.get('stride'))
+              for k, b in enumerate(opts['blocks'])]
+    channels = ((cfg.get('model') or {}).get('head') or {}).get('in_channels')
+    if not isinstance(channels, int) or isinstance(channels, bool):
+        last = blocks[-1]
+        channels = ZooCache(entries, pretrained=False, input_size=input_size)[last.model].out_spec(last.end).channels
+    used = list(dict.fromkeys(b.model for b in blocks))
+    return Assembly(blocks=blocks, stitches=[None] * (len(blocks) - 1), input_size=input_size,
+                    out_channels=int(channels), zoo={n: entries[n].to_dict() for n in used}, stem=opts['stem'],
+                    resolution=opts['resolution'], stitch=opts['stitch'],
+                    stitch_consecutive=opts['stitch_consecutive'], solver=dict(type='fixed')).validate()
+
+
+def use_fixed_assembly(cfg):
+    """Point ``cfg.model``'s backbone at the config's fixed assembly (random init, no file read):
+    what :func:`dery.apis.get_model` builds for such a config without an ``assembly.json``."""
+    return use_assembly(cfg, fixed_record(cfg), None)

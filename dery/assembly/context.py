@@ -3,7 +3,8 @@ import torch
 from mmengine.registry import DefaultScope
 
 from dery.errors import ConfigError
-from dery.models import ReassembledBackbone
+from dery.models import ReassembledBackbone, StitchLayer, normalize_stem
+from dery.models.backbone import RESOLUTIONS
 from dery.proxies import sample_batches
 from dery.registry import DATASETS, MODELS, PROXIES
 from dery.utils import to_plain
@@ -11,17 +12,28 @@ from dery.zoo import capture_node_features
 from .surrogate import naswot_block_scores
 from .tables import AssemblyTables
 
-__all__ = ['AssemblyContext', 'build_classifier', 'check_assembly_options', 'DEFAULT_OPTIONS', 'ASSEMBLY_KEYS']
+__all__ = ['AssemblyContext', 'build_classifier', 'check_assembly_options', 'DEFAULT_OPTIONS', 'ASSEMBLY_KEYS',
+           'NETWORK_KEYS', 'is_fixed', 'network_options']
 
-#: ``cfg.assembly`` defaults: the stem, how stitches are initialised, on how many target images.
-DEFAULT_OPTIONS = dict(stem='source', stitch_init='lstsq', stitch_samples=64)
-#: every key ``cfg.assembly`` may hold
-ASSEMBLY_KEYS = tuple(DEFAULT_OPTIONS)
-_CHOICES = dict(stem=('source', 'resnet'), stitch_init=('lstsq', 'random'))
+#: ``cfg.assembly`` defaults: the stem, how stitches are initialised (on how many target images),
+#: the resolution schedule, the stitch form and whether consecutive cuts of one model get a stitch.
+DEFAULT_OPTIONS = dict(stem='source', stitch_init='lstsq', stitch_samples=64, resolution='native',
+                       stitch=dict(type='StitchLayer'), stitch_consecutive=False)
+#: every key ``cfg.assembly`` may hold; ``blocks``: a fixed assembly (no partition, no search)
+ASSEMBLY_KEYS = tuple(DEFAULT_OPTIONS) + ('blocks', )
+#: what the built network depends on (``ReassembledBackbone`` arguments)
+NETWORK_KEYS = ('stem', 'resolution', 'stitch', 'stitch_consecutive')
+_CHOICES = dict(stitch_init=('lstsq', 'random'), resolution=RESOLUTIONS)
+_FIXED_BLOCK_KEYS = ('model', 'start', 'end', 'stride')
 
 
 def check_assembly_options(options):
-    """``cfg.assembly`` merged with the defaults; one line for an unknown key or a bad value."""
+    """``cfg.assembly`` merged with the defaults; one line for an unknown key or a bad value.
+
+    ``stem`` comes back normalised (``dict(type='source')`` or
+    ``dict(type='resnet', channels=C)``), ``blocks`` as a list of plain dicts
+    (absent: the solver chooses).
+    """
     import difflib
     opts = dict(DEFAULT_OPTIONS)
     for key, value in to_plain(options or {}).items():
@@ -36,21 +48,74 @@ def check_assembly_options(options):
     n = opts['stitch_samples']
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f'assembly.stitch_samples must be an integer >= 1, got {n!r}')
+    try:
+        opts['stem'] = normalize_stem(opts['stem'])
+    except ConfigError as e:
+        raise ConfigError(f'assembly.{e}') from None
+    if not isinstance(opts['stitch_consecutive'], bool):
+        raise ConfigError(f"assembly.stitch_consecutive must be True or False, got {opts['stitch_consecutive']!r}")
+    stitch = opts['stitch']
+    if isinstance(stitch, str):
+        stitch = dict(type=stitch)
+    if not isinstance(stitch, dict) or 'type' not in stitch:
+        raise ConfigError(f"assembly.stitch must be dict(type='StitchLayer' | 'NormActStitch', ...), got {stitch!r}")
+    cls = MODELS.get(stitch['type']) if isinstance(stitch['type'], str) else None
+    if not (isinstance(cls, type) and issubclass(cls, StitchLayer)):
+        raise ConfigError(f"assembly.stitch type {stitch['type']!r} is not a stitch form registered in MODELS "
+                          "('StitchLayer': affine, the default; 'NormActStitch': the original code's)")
+    opts['stitch'] = dict(stitch)
+    if 'blocks' in opts:
+        opts['blocks'] = _check_fixed_blocks(opts['blocks'], opts['resolution'])
     return opts
 
 
+def _check_fixed_blocks(blocks, resolution):
+    if not isinstance(blocks, (list, tuple)) or not blocks:
+        raise ConfigError('assembly.blocks must be a non-empty list of dict(model=..., start=..., end=...) '
+                          '(a fixed assembly), got {!r}'.format(blocks))
+    out = []
+    for k, b in enumerate(blocks):
+        if not isinstance(b, dict) or not all(key in b for key in ('model', 'start', 'end')):
+            raise ConfigError(f'assembly.blocks[{k}] must be dict(model=..., start=..., end=...[, stride=s]), '
+                              f'got {b!r}')
+        extra = sorted(set(b) - set(_FIXED_BLOCK_KEYS))
+        if extra:
+            raise ConfigError(f'assembly.blocks[{k}] has unknown keys {extra}; a block is dict(model, start, end'
+                              "[, stride: the stitch in front of it, under resolution='chain'])")
+        stride = b.get('stride')
+        if stride is not None:
+            if resolution != 'chain':
+                raise ConfigError(f"assembly.blocks[{k}].stride applies to resolution='chain' only")
+            if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+                raise ConfigError(f'assembly.blocks[{k}].stride must be an integer >= 1, got {stride!r}')
+        out.append(dict(b))
+    return out
+
+
+def is_fixed(cfg):
+    """Whether the config gives its assembly (``assembly.blocks``): no partition, no search."""
+    return bool((cfg.get('assembly') or {}).get('blocks'))
+
+
+def network_options(opts):
+    """The ``ReassembledBackbone`` keyword arguments among checked ``opts``."""
+    return {k: opts[k] for k in NETWORK_KEYS}
+
+
 def build_classifier(blocks, zoo, model_cfg, stitch_init='lstsq', stem='source', features=None,
-                     frozen_blocks=False):
+                     frozen_blocks=False, **network):
     """The classifier of ``model_cfg`` on ``blocks`` (sharing the zoo's weights), stitches fitted.
 
     The backbone is built once, from the :class:`~dery.zoo.ZooCache`
     ``zoo``, and handed to the classifier as a module (mmpretrain's
     ``ImageClassifier`` takes a built backbone). ``features`` (name ->
     :class:`~dery.zoo.NodeFeatures`): fit the stitches by least squares when
-    ``stitch_init='lstsq'``. Returns ``(model, fit errors or None)``.
+    ``stitch_init='lstsq'``. ``network``: the other ``ReassembledBackbone``
+    arguments (``resolution``, ``stitch``, ``stitch_consecutive``). Returns
+    ``(model, fit errors or None)``.
     """
     backbone = ReassembledBackbone(blocks, zoo=zoo, stem=stem, stitch_init=stitch_init,
-                                   frozen_blocks=frozen_blocks)
+                                   frozen_blocks=frozen_blocks, **network)
     model_cfg = dict(model_cfg)
     with DefaultScope.overwrite_default_scope('dery'):
         model = MODELS.build(dict(type=model_cfg.get('type', 'ImageClassifier'), backbone=backbone,
@@ -94,7 +159,7 @@ class AssemblyContext:
         p = self.proxy
         self.batches = sample_batches(dataset, p.num_batches, p.batch_size, p.seed, preprocess=preprocess)
         images = torch.cat([b[0] for b in self.batches])
-        self.tables = AssemblyTables(part, zoo, self.model_cfg)
+        self.tables = AssemblyTables(part, zoo, self.model_cfg, self.opts)
         self.scores = naswot_block_scores(part, zoo, images, seed=p.seed)
         self.problem = self.tables.problem(cfg.constraints, self.scores)
         self.features = capture_node_features(zoo, list(part.models), images[:int(self.opts['stitch_samples'])]) \
@@ -106,8 +171,9 @@ class AssemblyContext:
     def build(self, ids):
         """``(model, fit errors)`` of the candidate ``ids``."""
         torch.manual_seed(self.proxy.seed)  # a random stitch init is part of the candidate
+        net = network_options(self.opts)
         return build_classifier(self.blocks(ids), self.zoo, self.model_cfg, self.opts['stitch_init'],
-                                self.opts['stem'], self.features)
+                                features=self.features, **net)
 
     def score_fn(self, ids):
         model, _ = self.build(ids)

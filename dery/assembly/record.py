@@ -3,11 +3,17 @@
 Fields (``design.md``; the JSON keeps this order, so the same config and seed
 give a byte-identical file)::
 
-    blocks         [{model, start, end, set, position, family, params, flops}] in stage order
+    blocks         [{model, start, end, set, position, family, params, flops[, stride]}] in stage
+                   order; ``stride`` (``resolution='chain'``): of the stitch in front of the block
     stitches       [None | {index, src, dst, in_family, out_family, in_shape, out_shape, stride,
                     params, init, fit_error}]: the stitch in front of block k (k >= 1); None when
                     block k continues block k-1 in its own model
-    stem           'source' | 'resnet'
+    stem           {type: 'source'} | {type: 'resnet', channels} (files of earlier versions:
+                   'source' | 'resnet', read as 64 channels)
+    resolution     'native' | 'chain' (earlier files: 'native')
+    stitch         the stitch form, {type: 'StitchLayer' | 'NormActStitch', ...}
+    stitch_consecutive  whether consecutive cuts of one model got a stitch
+    stem_stitch    None | {in_shape, out_shape, stride, params}: the stitch after a fresh stem
     input_size     [C, H, W] every cost was measured at
     out_channels   channels of the last block's output (the head's input)
     params, flops  measured on the built network (stem, blocks, stitches, head)
@@ -34,13 +40,21 @@ from dery.utils import atomic_save_json, human, load_json
 __all__ = ['Assembly', 'AssemblyBlock', 'StitchRecord', 'AssemblyError']
 
 _STAMP_KEY = 'stamp'
-_ORDER = ('blocks', 'stitches', 'stem', 'input_size', 'out_channels', 'params', 'flops', 'proxy',
-          'constraints', 'solver', 'candidates', 'surrogate', 'zoo', 'seed')
+_ORDER = ('blocks', 'stitches', 'stem', 'resolution', 'stitch', 'stitch_consecutive', 'stem_stitch', 'input_size',
+          'out_channels', 'params', 'flops', 'proxy', 'constraints', 'solver', 'candidates', 'surrogate', 'zoo',
+          'seed')
 _REQUIRED = ('blocks', 'zoo', 'input_size', 'out_channels')
 
 
 class AssemblyError(DeryError, ValueError):
     """An assembly that is malformed, or does not fit the config or zoo it is used with."""
+
+
+def _stem_dict(stem):
+    """The stem of a record as a dict (earlier files wrote 'source' / 'resnet', 64 channels)."""
+    if isinstance(stem, str):
+        return dict(type='resnet', channels=64) if stem == 'resnet' else dict(type=stem)
+    return dict(stem)
 
 
 @dataclass
@@ -54,10 +68,14 @@ class AssemblyBlock:
     family: Optional[str] = None
     params: Optional[int] = None
     flops: Optional[int] = None
+    stride: Optional[int] = None
 
     def to_json(self) -> dict:
-        return dict(model=self.model, start=self.start, end=self.end, set=self.set, position=self.position,
-                    family=self.family, params=self.params, flops=self.flops)
+        d = dict(model=self.model, start=self.start, end=self.end, set=self.set, position=self.position,
+                 family=self.family, params=self.params, flops=self.flops)
+        if self.stride is not None:
+            d['stride'] = self.stride
+        return d
 
     def cut(self) -> dict:
         """``dict(model, start, end)``: what ``ReassembledBackbone(blocks=...)`` takes."""
@@ -93,7 +111,11 @@ class Assembly:
     input_size: List[int]
     out_channels: int
     zoo: Dict[str, dict]
-    stem: str = 'source'
+    stem: Any = field(default_factory=lambda: dict(type='source'))
+    resolution: str = 'native'
+    stitch: Dict[str, Any] = field(default_factory=lambda: dict(type='StitchLayer'))
+    stitch_consecutive: bool = False
+    stem_stitch: Optional[dict] = None
     params: Optional[int] = None
     flops: Optional[int] = None
     proxy: Dict[str, Any] = field(default_factory=dict)
@@ -108,7 +130,9 @@ class Assembly:
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> dict:
         d = dict(blocks=[b.to_json() for b in self.blocks],
-                 stitches=[None if s is None else s.to_json() for s in self.stitches], stem=self.stem,
+                 stitches=[None if s is None else s.to_json() for s in self.stitches], stem=_stem_dict(self.stem),
+                 resolution=self.resolution, stitch=dict(self.stitch), stitch_consecutive=bool(self.stitch_consecutive),
+                 stem_stitch=self.stem_stitch,
                  input_size=list(self.input_size), out_channels=int(self.out_channels), params=self.params,
                  flops=self.flops, proxy=self.proxy, constraints=self.constraints, solver=self.solver,
                  candidates=self.candidates, surrogate=self.surrogate, zoo=self.zoo, seed=self.seed)
@@ -138,7 +162,9 @@ class Assembly:
                                 'tools/assemble.py') from None
         extra = {k: v for k, v in d.items() if k not in _ORDER and k not in (_STAMP_KEY, 'config_stamp')}
         rec = cls(blocks=blocks, stitches=stitches, input_size=list(d['input_size']),
-                  out_channels=int(d['out_channels']), zoo=dict(d['zoo']), stem=d.get('stem', 'source'),
+                  out_channels=int(d['out_channels']), zoo=dict(d['zoo']), stem=_stem_dict(d.get('stem', 'source')),
+                  resolution=d.get('resolution', 'native'), stitch=dict(d.get('stitch') or dict(type='StitchLayer')),
+                  stitch_consecutive=bool(d.get('stitch_consecutive', False)), stem_stitch=d.get('stem_stitch'),
                   params=d.get('params'), flops=d.get('flops'), proxy=dict(d.get('proxy') or {}),
                   constraints=dict(d.get('constraints') or {}), solver=dict(d.get('solver') or {}),
                   candidates=list(d.get('candidates') or []), surrogate=dict(d.get('surrogate') or {}),
@@ -167,6 +193,8 @@ class Assembly:
             raise AssemblyError(f'{what}: blocks of {missing} have no entry in its `zoo`')
         if len(self.input_size) != 3:
             raise AssemblyError(f'{what}: input_size must be [C, H, W], got {self.input_size}')
+        if self.resolution not in ('native', 'chain'):
+            raise AssemblyError(f"{what}: resolution must be 'native' or 'chain', got {self.resolution!r}")
         if zoo is not None:
             for k, b in enumerate(self.blocks):
                 zm = zoo[b.model]
@@ -191,10 +219,17 @@ class Assembly:
         ``work_dir``, ``init_cfg`` loads ``WORK_DIR/assembled_init.pth`` (zoo
         blocks and fitted stitches).
         """
-        cfg = dict(type='ReassembledBackbone', blocks=[b.cut() for b in self.blocks],
+        blocks = [dict(b.cut(), **({} if b.stride is None else dict(stride=b.stride))) for b in self.blocks]
+        cfg = dict(type='ReassembledBackbone', blocks=blocks,
                    zoo=[dict(v, name=k) for k, v in self.zoo.items()], pretrained=False,
-                   input_size=tuple(self.input_size), stem=self.stem, stitch_init='random',
+                   input_size=tuple(self.input_size), stem=_stem_dict(self.stem), stitch_init='random',
                    frozen_blocks=frozen_blocks)
+        if self.resolution != 'native':
+            cfg['resolution'] = self.resolution
+        if dict(self.stitch) != dict(type='StitchLayer'):
+            cfg['stitch'] = dict(self.stitch)
+        if self.stitch_consecutive:
+            cfg['stitch_consecutive'] = True
         if init and work_dir is not None:
             cfg['init_cfg'] = dict(type='Pretrained', checkpoint=osp.join(work_dir, 'assembled_init.pth'),
                                    prefix='backbone.')
@@ -209,19 +244,29 @@ class Assembly:
         from rich.table import Table
         cons = self.constraints
         proxy_score = self.proxy.get('score')
+        stem = _stem_dict(self.stem)
+        width = f' ({stem["channels"]} ch)' if 'channels' in stem else ''
+        how = f'stem {stem["type"]}{width}, {self.resolution} resolution, {self.stitch.get("type")} stitches'
+
+        if self.solver.get('type') == 'fixed':
+            chosen = 'fixed assembly (given by the config)'
+        else:
+            chosen = (f'proxy {self.proxy.get("type")} {"-" if proxy_score is None else f"{proxy_score:.3f}"}; '
+                      f'solver {self.solver.get("type")} {self.solver.get("status")}, '
+                      f'{self.solver.get("num_proxy_evals")} proxy evals')
         title = (f'DeRy assembly: {human(self.params)} params (budget {cons.get("params")}), '
-                 f'{human(self.flops)} FLOPs (budget {cons.get("flops")}), proxy '
-                 f'{self.proxy.get("type")} {"-" if proxy_score is None else f"{proxy_score:.3f}"}; solver '
-                 f'{self.solver.get("type")} {self.solver.get("status")}, '
-                 f'{self.solver.get("num_proxy_evals")} proxy evals')
+                 f'{human(self.flops)} FLOPs (budget {cons.get("flops")}); {how}; {chosen}')
         t = Table(title=title)
         for col in ('stage', 'model', 'family', 'nodes', 'set', 'params', 'FLOPs', 'stitch in'):
             t.add_column(col)
         for k, b in enumerate(self.blocks):
             st = self.stitches[k - 1] if k > 0 else None
-            stitch = '-' if st is None else (f'{st.in_family}->{st.out_family} {human(st.params)} '
-                                             f'(fit err {st.fit_error})')
-            t.add_row(str(k), b.model, str(b.family), f'{b.start} .. {b.end}', str(b.set),
+            stride = '' if st is None or st.stride == 1 else f' stride {st.stride}'
+            stitch = '-' if st is None else (f'{st.in_family}->{st.out_family} {human(st.params)}{stride}'
+                                             + ('' if st.fit_error is None else f' (fit err {st.fit_error})'))
+            if k == 0 and self.stem_stitch:
+                stitch = f'stem->{b.family} {human(self.stem_stitch["params"])}'
+            t.add_row(str(k), b.model, str(b.family), f'{b.start} .. {b.end}', '-' if b.set is None else str(b.set),
                       '-' if b.params is None else human(b.params), '-' if b.flops is None else human(b.flops),
                       stitch)
         return t

@@ -3,7 +3,8 @@ import logging
 import os
 import os.path as osp
 
-__all__ = ['setup_process', 'load_demo', 'machine', 'demo_logger', 'stage_configs', 'set_schedule']
+__all__ = ['setup_process', 'load_demo', 'machine', 'demo_logger', 'stage_configs', 'task_configs', 'pretrain_recipe',
+           'set_schedule']
 
 
 def setup_process():
@@ -76,21 +77,56 @@ def set_schedule(cfg, iters, eval_interval, warmup):
         raise ConfigError(f'eval_interval {eval_interval} must divide the iterations {iters}')
 
 
+def _dery_config(demo, path, work_dir):
+    from mmengine.config import Config
+    cfg = Config.fromfile(path)
+    if demo.get('dery_options'):
+        cfg.merge_from_dict(dict(demo.dery_options))
+    set_schedule(cfg, demo.finetune_iters, demo.eval_interval, demo.warmup_iters)
+    cfg.work_dir = work_dir
+    return cfg
+
+
 def stage_configs(demo):
     """The source pre-training config and the DeRy config (paths relative to the demo config) with the
-    demo's options and schedules; the glyphs cached in ``WORK_DIR/data``, DeRy's stages in ``WORK_DIR/dery``."""
+    demo's options and schedules; the glyphs cached in ``WORK_DIR/data``, DeRy's stages in ``WORK_DIR/dery``.
+    The pre-training schedule is set per zoo model (:func:`pretrain_recipe`)."""
     from mmengine.config import Config
     cfg_dir = osp.dirname(osp.abspath(demo.filename))
     pre_base = Config.fromfile(osp.join(cfg_dir, demo.pretrain_config))
-    dery_cfg = Config.fromfile(osp.join(cfg_dir, demo.dery_config))
     if demo.get('pretrain_options'):
         pre_base.merge_from_dict(dict(demo.pretrain_options))
-    if demo.get('dery_options'):
-        dery_cfg.merge_from_dict(dict(demo.dery_options))
     data_dir = osp.join(demo.work_dir, 'data')
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         pre_base[key].dataset.cache_dir = data_dir
-    set_schedule(pre_base, demo.pretrain_iters, demo.pretrain_iters, demo.warmup_iters * 2)
-    set_schedule(dery_cfg, demo.finetune_iters, demo.eval_interval, demo.warmup_iters)
-    dery_cfg.work_dir = osp.join(demo.work_dir, 'dery')
+    dery_cfg = _dery_config(demo, osp.join(cfg_dir, demo.dery_config), osp.join(demo.work_dir, 'dery'))
     return pre_base, dery_cfg
+
+
+def task_configs(demo):
+    """``[(stem, DeRy config)]`` of the calibration's other target tasks (``calibration.tasks``), with the
+    demo's options and fine-tuning schedule; stages in ``WORK_DIR/dery_<task>`` (``dery_shapes.py`` ->
+    ``WORK_DIR/dery_shapes``)."""
+    cfg_dir = osp.dirname(osp.abspath(demo.filename))
+    out = []
+    for rel in (demo.get('calibration') or {}).get('tasks') or []:
+        stem = osp.splitext(osp.basename(rel))[0]
+        out.append((stem, _dery_config(demo, osp.join(cfg_dir, rel), osp.join(demo.work_dir, stem))))
+    return out
+
+
+def pretrain_recipe(demo, name, family):
+    """``dict(iters, lr, warmup)`` of zoo model ``name``: ``pretrain_recipes[name]``, else its family's."""
+    from dery.errors import ConfigError
+    recipes = demo.pretrain_recipes
+    recipe = recipes.get(name) or recipes.get(family)
+    if recipe is None:
+        raise ConfigError(f'pretrain_recipes has no entry for {name} or its family {family!r}; '
+                          f'add {family}=dict(iters=..., lr=..., warmup=...)')
+    recipe = dict(recipe)
+    base = dict(recipes.get(family) or {})
+    recipe = dict(base, **recipe)
+    missing = [k for k in ('iters', 'lr', 'warmup') if k not in recipe]
+    if missing:
+        raise ConfigError(f'pretrain_recipes for {name}: missing {", ".join(missing)}')
+    return dict(iters=int(recipe['iters']), lr=float(recipe['lr']), warmup=int(recipe['warmup']))

@@ -1,12 +1,16 @@
-"""Stage 5 of the demo: every fine-tune on the target task, with one schedule and the same seeds.
+"""Stage 5 of the demo: every fine-tune, with one schedule and the same seeds, and the proxy calibration's runs.
 
-The runs: each zoo model from its source pre-training (first zoo seed; they
-start before the partition, the parent partitions and assembles meanwhile),
-then the reassembled model (the config tools/train.py would run) and the same
-architecture from random init for every DeRy seed, and the other zoo seeds of
-the zoo models no larger than the reassembled one (the comparison). A run
-whose result is cached under the same key is not trained again
-(:func:`dery.demo.jobs.cached_result`).
+The runs, in the order they are submitted to the pool: every zoo model from
+its source pre-training, every seed (they start before the partition, the
+parent partitions and assembles meanwhile); the reassembled model (the config
+tools/train.py would run) and the same architecture from random init for
+every seed; the calibration's assemblies on the digits task (the solver's
+answer reuses the reassembled model's seed-0 run) and on the second task;
+last the best cross-family assembly of the digits calibration, for more seeds.
+A run whose result is cached under the same key is not trained again
+(:func:`dery.demo.jobs.cached_result`); the calibration's runs are the
+records of :mod:`dery.calibration`, so ``tools/analysis_tools/proxy_calibration.py``
+reuses them and the demo reuses its.
 """
 import copy
 import os.path as osp
@@ -28,10 +32,11 @@ def complexity(model_cfg, data_preprocessor, input_size):
 
 
 class FineTunes:
-    """The fine-tune runs of one demo: submitted in two batches, collected in :meth:`wait`.
+    """The fine-tune runs of one demo: submitted in batches, collected in :meth:`wait`.
 
     ``runs``: name -> result (cached results as they are found, then the trained
-    ones in completion order); ``zoo_rows``: one results row per zoo model.
+    ones in completion order); ``zoo_rows``: one results row per zoo model;
+    ``calib_names``: task -> {calibration run name: the run that holds its result}.
     """
 
     def __init__(self, ui, pool, demo, dery_cfg, work_dir, rerun=False):
@@ -39,10 +44,12 @@ class FineTunes:
             ui, pool, demo, dery_cfg, work_dir, rerun
         self.runs, self.cached, self.trained = {}, {}, {}
         self.zoo_rows, self.zoo_cfgs = [], {}
-        self.first_jobs = []
-        self.dery_names, self.scratch_names = [], []
+        self.dery_names, self.scratch_names, self.cross_names = [], [], []
+        self.calib_names = {}
+        self.cross = None      # the best cross-family sample of the digits calibration
         self.params = self.flops = None  # of the reassembled model
         self.task = self.t0 = None
+        self.num_jobs = 0
 
     def zoo_job(self, entry, seed):
         name = entry['name']
@@ -61,30 +68,35 @@ class FineTunes:
             self.ui.add_job(job, 'fine-tune')
             if out is None:
                 self.pool.submit(job)
+        self.num_jobs += len(jobs)
+        if self.task is not None:
+            total = self.num_jobs * self.demo.finetune_iters
+            self.ui.progress.update(self.task, total=total, description=f'[5/6] fine-tune ({self.num_jobs} runs)')
 
     def start_zoo(self, zoo):
-        """The zoo models' rows (params and FLOPs measured on the target classifier) and their fine-tunes
-        of the first zoo seed, started now (more seeds once the assembly's size is known)."""
+        """The zoo models' rows (params and FLOPs measured on the target classifier) and their fine-tunes,
+        every seed, started now."""
+        jobs = []
         for entry in zoo.entries:
             name = entry['name']
             cfg = zoo_classifier(self.dery_cfg, entry, zoo.models[name], pretrained=True)
             self.zoo_cfgs[name] = cfg
             params, flops = complexity(cfg.model, cfg.data_preprocessor, zoo.input_size)
-            job = self.zoo_job(entry, self.demo.zoo_seeds[0])
-            self.first_jobs.append(job)
+            row_jobs = [self.zoo_job(entry, seed) for seed in self.demo.seeds]
+            jobs += row_jobs
             self.zoo_rows.append(dict(label=f'{name} fine-tuned', kind='zoo', model=name,
-                                      init='source pre-training', params=params, flops=flops, runs=[job['name']]))
+                                      init='source pre-training', params=params, flops=flops,
+                                      runs=[j['name'] for j in row_jobs]))
             for info in zoo.info:
                 if info['name'] == name:
                     info.update(params=params, flops=flops)
-        n_ft = len(self.first_jobs) + 2 * len(self.demo.seeds)  # updated once the assembly is known
         self.t0 = time.perf_counter()
-        self.task = self.ui.stage_task('fine-tune', f'[5/6] fine-tune ({n_ft} runs)', n_ft * self.demo.finetune_iters)
-        self.submit(self.first_jobs)
+        self.task = self.ui.stage_task('fine-tune', '[5/6] fine-tune', 1)
+        self.submit(jobs)
 
     def start_reassembled(self, assembly, zoo):
         """The reassembled model (``assembly='auto'`` resolved, exactly what tools/train.py does) and its
-        architecture from random init for every DeRy seed, and the other seeds of the zoo models no larger."""
+        architecture from random init, every seed."""
         from dery.assembly import resolve_model_cfg
         from dery.utils import file_digest
         dery_cfg = self.dery_cfg
@@ -94,7 +106,7 @@ class FineTunes:
         self.params, self.flops = complexity(resolved.model, resolved.data_preprocessor, zoo.input_size)
         scratch = copy.deepcopy(resolved)
         scratch.model.backbone = assembly.backbone_cfg(None, init=False)  # same architecture, no zoo weights
-        more_jobs = []
+        jobs = []
         for seed in self.demo.seeds:
             for kind, cfg, names in (('dery', resolved, self.dery_names), ('scratch', scratch, self.scratch_names)):
                 cfg.randomness = dict(seed=seed, deterministic=False)
@@ -103,18 +115,58 @@ class FineTunes:
                                     osp.join(self.work_dir, 'runs', f'{kind}_s{seed}'),
                                     dict(init=init_digest, assembly=assembly.stamp), seed=seed)
                 names.append(job['name'])
-                more_jobs.append(job)
-        # the zoo models in the comparison (no larger than the reassembled one): every zoo seed
-        for entry, row in zip(zoo.entries, self.zoo_rows):
-            if row['params'] <= self.params:
-                for seed in self.demo.zoo_seeds[1:]:
-                    job = self.zoo_job(entry, seed)
-                    row['runs'].append(job['name'])
-                    more_jobs.append(job)
-        n_ft = len(self.first_jobs) + len(more_jobs)
-        self.ui.progress.update(self.task, total=n_ft * self.demo.finetune_iters,
-                                description=f'[5/6] fine-tune ({n_ft} runs)')
-        self.submit(more_jobs)
+                jobs.append(job)
+        self.submit(jobs)
+
+    def start_calibration(self, task, calib, reuse_dery=False):
+        """The calibration's runs of ``task``; with ``reuse_dery`` the solver's answer takes the
+        reassembled model's run of the same seed (the same network, init and schedule)."""
+        names, jobs = {}, []
+        chosen = next((s for s in calib.samples if s.source == 'solver'), None)
+        for run in calib.runs:
+            if reuse_dery and chosen is not None and run['sample'] == chosen.name \
+                    and f'dery_s{run["seed"]}' in self.dery_names:
+                names[run['name']] = f'dery_s{run["seed"]}'
+                continue
+            # the same assembly may be sampled on several tasks: the demo's run names carry the task
+            job = self.pool.adopt(dict(run, name=f'calib_{task}_{run["name"]}'))
+            names[run['name']] = job['name']
+            jobs.append(job)
+        self.calib_names[task] = names
+        self.submit(jobs)
+
+    def calibration_results(self, task):
+        """``{calibration run name: result}`` of ``task`` (after :meth:`wait`)."""
+        return {name: self.runs[src] for name, src in self.calib_names[task].items()}
+
+    def wait_calibration(self, task):
+        """Wait for the runs of ``task``'s calibration only (the others keep training)."""
+        self.pool.wait(self.trained, self.ui, only=set(self.calib_names[task].values()) - set(self.runs))
+        self.runs.update(self.trained)
+
+    def start_cross_family(self, calib, task):
+        """The best cross-family assembly of ``task``'s calibration (by its seed-0 top-1), fine-tuned for
+        the demo's ``cross_family_seeds``; None when no sampled assembly mixes families."""
+        results = self.calibration_results(task)
+        scored = []
+        for s in calib.samples:
+            if not s.cross_family:
+                continue
+            top1 = [results[r['name']]['top1'] for r in calib.runs if r['sample'] == s.name]
+            scored.append((sum(top1) / len(top1), s))
+        if not scored:
+            return None
+        best_top1, sample = max(scored, key=lambda t: t[0])
+        self.cross = dict(sample=sample, selection_top1=best_top1, selection_seeds=list(calib.opts['seeds']))
+        jobs = []
+        for seed in self.demo.cross_family_seeds:
+            run = calib.run(sample, seed)
+            job = self.pool.adopt(dict(run, name=f'cross_{task}_{run["name"]}',
+                                       desc=f'best cross-family assembly {sample.name}, seed {seed}'))
+            self.cross_names.append(job['name'])
+            jobs.append(job)
+        self.submit(jobs)
+        return sample
 
     def wait(self):
         """Every run finished; the stage's note."""

@@ -4,15 +4,15 @@ Every training run (a zoo pre-training, a fine-tune) is a job: a plain config
 dict and a work dir, keyed on that config (``work_dir`` left out) plus what
 else its result depends on. A pool of worker processes, forked once from the
 parent before any thread starts, runs each job with mmengine's ``Runner``
-(what tools/train.py does) and writes ``RUN_DIR/demo_result.json``; a later
-demo reuses that result while its key matches (:func:`cached_result`).
+(what tools/train.py does, :func:`dery.calibration.runs.train_run`) and writes
+``RUN_DIR/run_result.json``; a later demo (or the proxy calibration, whose runs
+are the same records) reuses that result while its key matches
+(:func:`cached_result`). In the results the demo keeps, ``scalars`` is
+relative to the demo's work dir (:func:`for_root`).
 
 The progress bars of the parent read a shared array of iteration counters,
 one slot per job (:class:`Pool` creates it, the forked workers inherit it).
 """
-import copy
-import hashlib
-import json
 import multiprocessing as mp
 import os
 import os.path as osp
@@ -20,9 +20,12 @@ import signal
 import sys
 import time
 
-__all__ = ['digest', 'job_config', 'Pool', 'cached_result', 'counter_hook', 'find_scalars', 'read_scalars']
+from dery.calibration.runs import (cached_run, find_scalars, job_config, make_run, quiet_config_format, read_scalars,
+                                   run_key, train_run)
 
-NUM_SLOTS = 256
+__all__ = ['digest', 'job_config', 'Pool', 'cached_result', 'for_root', 'counter_hook', 'find_scalars', 'read_scalars']
+
+NUM_SLOTS = 512
 
 # the shared iteration counters in a worker process (set by _worker_init)
 _COUNTERS = None
@@ -30,53 +33,19 @@ _COUNTERS = None
 
 def digest(obj, n=12):
     """A short stable hash of a JSON-able value (the cache keys of runs and zoo weights)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+    return run_key(obj, n)
 
 
-def job_config(cfg):
-    """A config as the plain dict a job carries and its key hashes (without ``work_dir``)."""
-    from dery.utils import to_plain
-    cfgd = to_plain(cfg)
-    cfgd.pop('work_dir', None)
-    return cfgd
-
-
-# ---------------------------------------------------------------------------- run logs
-def find_scalars(log_dir):
-    path = osp.join(log_dir, 'vis_data', 'scalars.json')
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'{path} not found: the run wrote no scalars (LocalVisBackend)')
-    return path
-
-
-def read_scalars(path):
-    """``dict(loss=[[step, value]], top1=[[step, value]])`` from an mmengine ``scalars.json``."""
-    loss, top1 = [], []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            rec = json.loads(line)
-            if 'accuracy/top1' in rec:
-                top1.append([int(rec['step']), float(rec['accuracy/top1'])])
-            elif 'loss' in rec:
-                loss.append([int(rec['step']), float(rec['loss'])])
-    return dict(loss=loss, top1=top1)
+def for_root(job, out):
+    """A run's result with ``scalars`` relative to the demo's work dir (``job['root']``)."""
+    if out is None or not job.get('root'):
+        return out
+    return dict(out, scalars=osp.relpath(osp.join(job['work_dir'], out['scalars']), job['root']))
 
 
 def cached_result(job, rerun=False):
     """The result of a finished run of ``job`` (same key, its scalars still there), else None."""
-    if rerun or not osp.isfile(job['result_file']):
-        return None
-    try:
-        with open(job['result_file']) as f:
-            out = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if out.get('key') != job['key'] or not osp.isfile(osp.join(job['root'], out.get('scalars', ''))):
-        return None
-    return out
+    return for_root(job, cached_run(job, rerun))
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -105,42 +74,22 @@ def _worker_init(log_dir, threads, counters):
     os.dup2(f.fileno(), 1)
     os.dup2(f.fileno(), 2)
     sys.stdout = sys.stderr = f
-    # The Runner formats its config with yapf (log + dump): ~1 s per call, several calls per run, more
-    # than a demo fine-tune's training. The text stays valid Python, only unformatted.
-    import mmengine.config.config as mmcfg
-    mmcfg.FormatCode = lambda text, *a, **k: (text, False)
+    quiet_config_format()
 
 
 def _run_job(job):
     """One training run with mmengine's Runner (what tools/train.py does), in a worker process."""
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-
-    from dery.utils import atomic_save_json
-    t0 = time.perf_counter()
     sys.stdout.write(f'=== {job["name"]}\n')  # the worker's log file (see _worker_init)
     sys.stdout.flush()
-    cfg = Config(copy.deepcopy(job['cfg']))
-    cfg.work_dir = job['work_dir']
-    cfg.experiment_name = job['name']
-    runner = Runner.from_cfg(cfg)
-    runner.register_hook(counter_hook(_COUNTERS, job['slot']))
-    runner.train()
-    scalars = find_scalars(runner.log_dir)
-    curve = read_scalars(scalars)
-    if not curve['top1'] or curve['top1'][-1][0] != cfg.train_cfg.max_iters:
-        raise RuntimeError(f'{job["name"]}: no test accuracy at the last iteration in {scalars}')
-    out = dict(name=job['name'], kind=job['kind'], key=job['key'], seed=job.get('seed'),
-               top1=curve['top1'][-1][1], curve=curve, scalars=osp.relpath(scalars, job['root']),
-               max_iters=cfg.train_cfg.max_iters)
+    after = None
     if job.get('export'):
         from .export import export_zoo_weights
-        export_zoo_weights(runner.model.backbone, job['export']['entry'], job['export']['path'],
-                           job['export']['input_size'])
-    out['seconds'] = round(time.perf_counter() - t0, 2)
-    atomic_save_json(out, job['result_file'])
+
+        def after(runner):
+            export_zoo_weights(runner.model.backbone, job['export']['entry'], job['export']['path'],
+                               job['export']['input_size'])
+    out = train_run(job, hooks=[counter_hook(_COUNTERS, job['slot'])], after_train=after)
     _COUNTERS[job['slot']] = -1
-    del runner
     return out
 
 
@@ -161,15 +110,22 @@ class Pool:
     def _pids(self):
         return {p.pid for p in getattr(self.pool, '_pool', [])}
 
-    def job(self, name, kind, desc, cfg, run_dir, key_extra, seed=None, export=None):
-        """A job record: its config, run dir, result file, progress slot and cache key."""
+    def job(self, name, kind, desc, cfg, run_dir, key_extra, seed=None, export=None, **fields):
+        """A job record (:func:`dery.calibration.runs.make_run`: config, run dir, result file, cache key)
+        with its progress slot."""
         self._slot += 1
         if self._slot >= len(self.counters):
             raise RuntimeError('too many training runs for the progress counters')
-        cfgd = job_config(cfg)
-        return dict(name=name, kind=kind, desc=desc, cfg=cfgd, work_dir=run_dir, seed=seed, export=export,
-                    result_file=osp.join(run_dir, 'demo_result.json'), root=self.root, slot=self._slot,
-                    key=digest(dict(cfg=cfgd, extra=key_extra)))
+        return make_run(name, cfg, run_dir, key_extra, seed=seed, kind=kind, desc=desc, export=export,
+                        root=self.root, slot=self._slot, **fields)
+
+    def adopt(self, run, **fields):
+        """A job of a run record made elsewhere (:func:`dery.calibration.runs.make_run`: its key kept),
+        with a progress slot."""
+        self._slot += 1
+        if self._slot >= len(self.counters):
+            raise RuntimeError('too many training runs for the progress counters')
+        return dict(run, root=self.root, slot=self._slot, **fields)
 
     def mark_done(self, job):
         """A job whose result is cached: its progress bar is full."""
@@ -180,11 +136,12 @@ class Pool:
         self.pending.append((job, res))
         return res
 
-    def wait(self, results, ui):
-        """Collect every submitted job (in completion order); log one line per finished run."""
+    def wait(self, results, ui, only=None):
+        """Collect the submitted jobs (every one, or those named in ``only``; in completion order) into
+        ``results``; log one line per finished run. Jobs not waited for stay pending."""
         from dery.errors import DeryError
-        todo = list(self.pending)
-        self.pending = []
+        todo = [(j, r) for j, r in self.pending if only is None or j['name'] in only]
+        self.pending = [(j, r) for j, r in self.pending if not (only is None or j['name'] in only)]
         while todo:
             for job, res in list(todo):
                 if res.ready():
@@ -194,7 +151,7 @@ class Pool:
                     except Exception as e:
                         raise DeryError(f'training run {job["name"]} failed ({type(e).__name__}: {e}); '
                                         f'see the logs under {job["work_dir"]} and {self.log_dir}/') from e
-                    results[job['name']] = out
+                    results[job['name']] = out = for_root(job, out)
                     ui.log(f'  {job["desc"]}: top-1 {out["top1"]:.2f}% ({out["seconds"]:.1f} s)')
             if todo and self._pids() != self.pids:  # workers live until close(): one was killed
                 raise DeryError('a training worker process died (killed, or out of memory?) while '

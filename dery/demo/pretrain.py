@@ -39,10 +39,12 @@ def zoo_classifier(base, entry, zm, pretrained):
     return cfg
 
 
-def pretrain_zoo(ui, pool, pre_base, dery_cfg, work_dir):
-    """Pre-train every zoo model of ``dery_cfg`` whose weights are not in ``WORK_DIR/zoo`` yet (largest
-    first, in the pool); the entries then name the weights."""
+def pretrain_zoo(ui, pool, demo, pre_base, dery_cfg, work_dir):
+    """Pre-train every zoo model of ``dery_cfg`` whose weights are not in ``WORK_DIR/zoo`` yet (longest
+    first, in the pool), each with its family's recipe (``demo.pretrain_recipes``); the entries then name
+    the weights."""
     from dery.datasets.procedural import _FORMAT as glyph_format
+    from .config import pretrain_recipe, set_schedule
     from dery.utils import atomic_save_json, to_plain
     from dery.zoo import build_zoo_model
     entries = [to_plain(e) for e in dery_cfg.zoo.models]
@@ -56,11 +58,17 @@ def pretrain_zoo(ui, pool, pre_base, dery_cfg, work_dir):
         zoo_models[name] = zm
         bare = {k: v for k, v in entry.items() if k not in ('weights', 'pretrain')}
         cfg = zoo_classifier(pre_base, bare, zm, pretrained=False)
+        recipe = pretrain_recipe(demo, name, zm.family)
+        set_schedule(cfg, recipe['iters'], recipe['iters'], recipe['warmup'])
+        cfg.optim_wrapper.optimizer.lr = recipe['lr']
         key = digest(dict(cfg=job_config(cfg), entry=bare, format=1, glyphs=glyph_format))
         wpath = osp.join(work_dir, 'zoo', f'{name}-{key}.pth')
         meta_path = osp.join(work_dir, 'zoo', f'{name}-{key}.json')
         entry['weights'] = wpath
-        zoo_info.append(dict(name=name, family=zm.family, nodes=len(zm.nodes), weights=osp.relpath(wpath, work_dir)))
+        zoo_info.append(dict(name=name, family=zm.family, nodes=len(zm.nodes), weights=osp.relpath(wpath, work_dir),
+                             recipe=dict(recipe, batch_size=int(cfg.train_dataloader.batch_size),
+                                         optimizer=cfg.optim_wrapper.optimizer.type,
+                                         weight_decay=cfg.optim_wrapper.optimizer.get('weight_decay'))))
         if osp.isfile(wpath) and osp.isfile(meta_path):
             with open(meta_path) as f:
                 cached_zoo[name] = json.load(f)
@@ -74,7 +82,11 @@ def pretrain_zoo(ui, pool, pre_base, dery_cfg, work_dir):
     st = ui.stage_task('pretrain', f'[2/6] pretrain zoo ({len(pre_jobs)} models)', max(total, 1))
     if not pre_jobs:
         ui.progress.update(st, completed=1)
-    for name, _, job in sorted(pre_jobs, key=lambda j: -zoo_models[j[0]].flops()):
+    # the longest runs first (iterations x FLOPs), so that the pool's two ends finish together
+    def work(j):
+        return zoo_models[j[0]].flops() * j[2]['cfg']['train_cfg']['max_iters']
+
+    for name, _, job in sorted(pre_jobs, key=lambda j: -work(j)):
         ui.add_job(job, 'pretrain')
         pool.submit(job)
     pre_results = {}
@@ -93,13 +105,13 @@ def pretrain_zoo(ui, pool, pre_base, dery_cfg, work_dir):
                note=f'{len(pre_jobs)} trained, {len(entries) - len(pre_jobs)} cached')
 
 
-def use_pretrained_zoo(dery_cfg, zoo, work_dir):
-    """The DeRy config now names the pre-trained zoo; saved as ``WORK_DIR/dery_digits.py`` for
-    ``tools/train.py`` reruns."""
+def use_pretrained_zoo(dery_cfg, zoo, work_dir, name='dery_digits'):
+    """The DeRy config now names the pre-trained zoo; saved as ``WORK_DIR/<name>.py`` for ``tools/train.py``
+    and ``tools/analysis_tools/proxy_calibration.py`` reruns."""
     dery_cfg.zoo.models = zoo.entries
     dery_cfg.zoo.pretrained = True
     os.makedirs(dery_cfg.work_dir, exist_ok=True)
-    dery_cfg.dump(osp.join(work_dir, 'dery_digits.py'))
+    dery_cfg.dump(osp.join(work_dir, f'{name}.py'))
 
 
 def pretrain_summary(zoo):

@@ -6,14 +6,69 @@ from mmengine.model import BaseModule
 from dery.errors import ConfigError
 from dery.registry import MODELS
 from dery.zoo import TensorSpec, ZooCache, capture_node_features
-from .stitch import StitchLayer
+from .stitch import StitchLayer, build_stitch
 
 
-def _resnet_stem(out_channels=64):
+#: ``stem=`` choices
+STEMS = ('source', 'resnet')
+#: ``resolution=`` choices: blocks at their own models' resolution (stitches resample), or at
+#: whatever the chain delivers (stitches change channels with a stride, never interpolate)
+RESOLUTIONS = ('native', 'chain')
+
+
+def normalize_stem(stem):
+    """``dict(type='source')`` or ``dict(type='resnet', channels=C)`` from ``'source'``,
+    ``'resnet'`` (64 channels) or such a dict; one line for anything else."""
+    if isinstance(stem, str):
+        stem = dict(type=stem)
+    if not isinstance(stem, dict) or stem.get('type') not in STEMS:
+        raise ConfigError(f"stem must be one of 'source', 'resnet' (or dict(type='source'), dict(type='resnet', "
+                          f'channels=C)), got {stem!r}')
+    stem = dict(stem)
+    kind = stem.pop('type')
+    if kind == 'resnet':
+        c = stem.pop('channels', 64)
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ConfigError(f'stem.channels must be an integer >= 1, got {c!r}')
+        out = dict(type='resnet', channels=c)
+    else:
+        out = dict(type='source')
+    if stem:
+        raise ConfigError(f"stem type {kind!r} has no option {', '.join(map(repr, stem))}"
+                          + ("; dict(type='resnet', channels=C) takes channels" if kind == 'source' else ''))
+    return out
+
+
+def chain_stride(delivered, native):
+    """Stride of a stitch under ``resolution='chain'`` when the assembly does not give one.
+
+    ``s`` when the delivered map (``(H, W)``) is ``s >= 2`` times the next
+    block's own input size in both directions, else 1: a block never runs on a
+    map larger than its own by a whole factor, and a smaller or non-integer one
+    is taken as it is (no interpolation).
+    """
+    (dh, dw), (nh, nw) = (int(v) for v in delivered), (int(v) for v in native)
+    if nh > 0 and nw > 0 and dh % nh == 0 and dw % nw == 0 and dh // nh == dw // nw >= 2:
+        return dh // nh
+    return 1
+
+
+def resnet_stem(channels=64):
     """The original DeRy code's fresh stem: 7x7/2 conv, BN, ReLU, 3x3/2 max-pool."""
     return nn.Sequential(
-        nn.Conv2d(3, out_channels, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(out_channels),
+        nn.Conv2d(3, channels, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(channels),
         nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+
+
+def resnet_stem_spec(channels, input_size):
+    """:class:`TensorSpec` of :func:`resnet_stem`'s output on ``(C, H, W)`` images."""
+    def down(n):
+        n = (n + 2 * 3 - 7) // 2 + 1  # conv 7x7 / 2, padding 3
+        return (n + 2 * 1 - 3) // 2 + 1  # max-pool 3x3 / 2, padding 1
+    return TensorSpec('cnn', (channels, down(int(input_size[1])), down(int(input_size[2]))))
+
+
+_BLOCK_KEYS = ('model', 'start', 'end', 'stride')
 
 
 @MODELS.register_module()
@@ -22,7 +77,9 @@ class ReassembledBackbone(BaseModule):
 
     Args:
         blocks (list[dict]): in stage order, ``dict(model=zoo name, start=node,
-            end=node)`` (node names or indices).
+            end=node)`` (node names or indices); under ``resolution='chain'``
+            optionally ``stride``: the stride of the stitch in front of the
+            block (block 0: the stem's stitch), else :func:`chain_stride`.
         zoo (str | list | dict | ZooCache | None): ``model_zoo.yml`` path, or
             inline entries (list of entry dicts, or name -> entry); None: the
             default zoo file. From Python, a :class:`~dery.zoo.ZooCache` whose
@@ -32,9 +89,12 @@ class ReassembledBackbone(BaseModule):
             False builds the architecture only (e.g. when ``init_cfg`` loads
             ``assembled_init.pth``).
         input_size (tuple): ``(C, H, W)`` the shapes are probed at.
-        stem (str): ``'source'`` (the first block's model stem with its weights)
-            or ``'resnet'`` (a fresh ResNet stem and a stitch, as the original
-            code).
+        stem (str | dict): ``'source'`` / ``dict(type='source')`` (the first
+            block's model stem with its weights) or ``dict(type='resnet',
+            channels=C)`` (``'resnet'``: C=64; the original code's fresh stem,
+            7x7/2 conv, BN, ReLU, 3x3/2 max-pool, then a stitch to the first
+            block unless the widths, layouts and, under ``'native'``, the sizes
+            agree).
         stitch_init (str): ``'lstsq'`` (fit with :meth:`fit_stitches`; random
             until then) or ``'random'``.
         frozen_blocks (bool | list[int]): blocks kept frozen (FZ protocol):
@@ -44,22 +104,49 @@ class ReassembledBackbone(BaseModule):
             tokens, reshaped to their grid).
         out_norm (bool): a LayerNorm on transformer outputs before they are
             returned (the source models' final norms belong to their heads).
+        resolution (str): ``'native'``: every block runs at the resolution it
+            has in its own model and stitches resample; ``'chain'`` (the
+            original code): every block runs at the resolution the chain
+            delivers, stitches change channels with a stride and never
+            interpolate.
+        stitch (dict): the stitch form, a :class:`StitchLayer` type in
+            ``MODELS`` with its options (default ``dict(type='StitchLayer')``,
+            the affine one; ``dict(type='NormActStitch')``: the original's).
+        stitch_consecutive (bool): a stitch also between consecutive cuts of
+            one model (the original code); default an identity.
+
+    A zoo node that appears in two blocks (two cuts of one model that overlap)
+    is copied: every block has weights of its own.
     """
 
     def __init__(self, blocks, zoo=None, pretrained=True, input_size=(3, 224, 224), stem='source',
-                 stitch_init='lstsq', frozen_blocks=False, out_indices=(-1, ), out_norm=True,
-                 init_cfg=None):
+                 stitch_init='lstsq', frozen_blocks=False, out_indices=(-1, ), out_norm=True, resolution='native',
+                 stitch=None, stitch_consecutive=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if not blocks:
             raise ConfigError('ReassembledBackbone needs at least one block')
-        if stem not in ('source', 'resnet'):
-            raise ConfigError(f"stem must be 'source' or 'resnet', got {stem!r}")
+        self.stem_cfg = normalize_stem(stem)
+        if resolution not in RESOLUTIONS:
+            raise ConfigError(f"resolution must be 'native' or 'chain', got {resolution!r}")
+        self.resolution = resolution
+        self.stitch_cfg = dict(stitch or dict(type='StitchLayer'))
+        self.stitch_consecutive = bool(stitch_consecutive)
+        chain = resolution == 'chain'
         cache = zoo if isinstance(zoo, ZooCache) else ZooCache(zoo, pretrained, input_size)
         self.block_cfgs = [dict(b) for b in blocks]
         self.input_size = tuple(cache.input_size if isinstance(zoo, ZooCache) else input_size)
         self.in_specs, self.out_specs, self.specs = [], [], []
-        cuts = []
         for k, b in enumerate(self.block_cfgs):
+            extra = sorted(set(b) - set(_BLOCK_KEYS))
+            if extra:
+                raise ConfigError(f'block {k} {dict(b)} has unknown keys {extra}; a block is dict(model, start, end'
+                                  "[, stride under resolution='chain'])")
+            stride = b.get('stride')
+            if stride is not None and (not chain or isinstance(stride, bool) or not isinstance(stride, int)
+                                       or stride < 1):
+                raise ConfigError(f'block {k}: stride {stride!r} ' + (
+                    'must be an integer >= 1' if chain else "applies only to resolution='chain' (under "
+                    "'native' stitches resample to each block's own size)"))
             try:
                 zm = cache[b['model']]
                 i, j = zm.index(b['start']), zm.index(b['end'])
@@ -69,37 +156,76 @@ class ReassembledBackbone(BaseModule):
                     '(assembly.json) was made with another zoo or edited by hand: rerun tools/assemble.py') from None
             if i > j:
                 raise ConfigError(f'block {k}: start {zm.nodes[i]} comes after end {zm.nodes[j]} in {zm.name}')
-            cuts.append(zm.cut(i, j))
-            self.in_specs.append(zm.in_spec(i))
-            self.out_specs.append(zm.out_spec(j))
-            self.specs.append(dict(model=zm.name, start=zm.nodes[i], end=zm.nodes[j], start_idx=i, end_idx=j))
+            self.specs.append(dict(model=zm.name, start=zm.nodes[i], end=zm.nodes[j], start_idx=i, end_idx=j,
+                                   stride=stride))
+        # every block its own weights: a node already in an earlier block is copied
+        cuts, used = [], {}
+        for s in self.specs:
+            nodes = set(range(s['start_idx'], s['end_idx'] + 1))
+            seen = used.setdefault(s['model'], set())
+            cuts.append(cache[s['model']].cut(s['start_idx'], s['end_idx'], copy=bool(nodes & seen)))
+            seen |= nodes
         self.blocks = nn.ModuleList(cuts)
-        first = cache[self.block_cfgs[0]['model']]
-        self.stem_type = stem
-        if stem == 'source':
+        first = cache[self.specs[0]['model']]
+        self.stem_type = self.stem_cfg['type']
+        if self.stem_type == 'source':
             if self.specs[0]['start_idx'] != 0:
                 # the source stem feeds node 0: run the source model's earlier nodes too
                 raise ConfigError(
                     f"stem='source' needs the first block to start at the first node of "
                     f"{first.name} ({first.nodes[0]}), not {self.specs[0]['start']}; use stem='resnet'")
+            if self.specs[0]['stride'] not in (None, 1):
+                raise ConfigError(f"block 0: stride {self.specs[0]['stride']} but the source stem feeds it "
+                                  "directly (no stitch); a fresh stem (stem=dict(type='resnet', ...)) can have one")
             self.stem = first.stem()
             self.stem.flops = first.stem_flops()
-            self.stem_stitch = None
+            cur = first.in_spec(0)
         else:
-            self.stem = _resnet_stem()
-            h = self.input_size[1] // 4
-            self.stem_stitch = StitchLayer.from_specs(TensorSpec('cnn', (64, h, h)), self.in_specs[0], init='random')
+            self.stem = resnet_stem(self.stem_cfg['channels'])
+            cur = resnet_stem_spec(self.stem_cfg['channels'], self.input_size)
+        self.stem_spec = cur
+        self.stem_stitch = None
         self.stitches = nn.ModuleList()
         self.stitch_specs = []
-        for k in range(1, len(self.specs)):
-            a, b = self.specs[k - 1], self.specs[k]
-            if a['model'] == b['model'] and a['end_idx'] + 1 == b['start_idx']:
+        for k, s in enumerate(self.specs):
+            zm = cache[s['model']]
+            own = zm.in_spec(s['start_idx'])
+            if k == 0:
+                fits = (cur.family == own.family and cur.channels == own.channels
+                        and (chain or cur.grid == own.grid))
+                need = self.stem_type == 'resnet' and not (fits and s['stride'] in (None, 1))
+            else:
+                a = self.specs[k - 1]
+                consecutive = a['model'] == s['model'] and a['end_idx'] + 1 == s['start_idx']
+                need = not consecutive or self.stitch_consecutive
+                if not need and s['stride'] not in (None, 1):
+                    raise ConfigError(f"block {k}: stride {s['stride']} but no stitch in front of it (it continues "
+                                      f'block {k - 1} of the same model; set stitch_consecutive=True for one)')
+            if need:
+                stride = None
+                dst = own
+                if chain:
+                    stride = s['stride'] if s['stride'] is not None else chain_stride(cur.grid, own.grid)
+                    dst = own.with_grid(cur.grid[0] // stride, cur.grid[1] // stride)
+                init = 'random' if k == 0 else stitch_init
+                layer = build_stitch(self.stitch_cfg, cur, dst, init=init, stride=stride)
+                if k == 0:
+                    self.stem_stitch = layer
+                else:
+                    self.stitches.append(layer)
+                    self.stitch_specs.append(dict(index=k, src=self.specs[k - 1]['model'], dst=s['model']))
+                cur = dst
+            elif k > 0:
                 self.stitches.append(nn.Identity())
                 self.stitch_specs.append(None)
-                continue
-            self.stitches.append(StitchLayer.from_specs(self.out_specs[k - 1], self.in_specs[k],
-                                                        init=stitch_init))
-            self.stitch_specs.append(dict(index=k, src=a['model'], dst=b['model']))
+            if not chain:
+                cur = own
+            elif k == 0 and self.stem_type == 'source':
+                cur = own
+            self.in_specs.append(cur)
+            cur = zm.cut_at(s['start_idx'], s['end_idx'], cur.grid, flops=False)[0] if chain \
+                else zm.out_spec(s['end_idx'])
+            self.out_specs.append(cur)
         n = len(self.blocks)
         self.out_indices = sorted({i % n for i in out_indices})
         self.out_norms = nn.ModuleDict()

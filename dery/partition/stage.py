@@ -18,7 +18,7 @@ from .record import Partition
 __all__ = ['run_partition', 'partition_stamp', 'current_partition', 'VIEW_KEYS']
 
 #: similarity options that change how the stage runs, not what it computes
-VIEW_KEYS = ('plot', 'progress', 'checkpoint_interval', 'resume')
+VIEW_KEYS = ('plot', 'progress', 'checkpoint_interval', 'resume', 'device')
 
 
 def partition_stamp(cfg, zoo):
@@ -60,21 +60,35 @@ def run_partition(cfg, work_dir, zoo, launcher='none', force=False):
         logger.info(f'partition: {why}; recomputing')
     t0 = time.perf_counter()
     part_cfg = to_plain(cfg.partitioner)
-    models = [zoo[name] for name in zoo.names]
-    if part_cfg.get('size_limit', 'nodes') == 'nodes':  # num_sets and eps against the node lists, before any forward
-        size_limits({m.name: m.nodes for m in models}, part_cfg.get('num_sets', 4), part_cfg.get('eps', 0.2))
-    sim = compute_similarity(models, to_plain(cfg.probe), to_plain(cfg.similarity), work_dir, launcher=launcher)
+    check = None
+    if part_cfg.get('size_limit', 'nodes') == 'nodes':  # num_sets and eps against each model's nodes, before its first forward
+
+        def check(name, nodes):
+            size_limits({name: nodes}, part_cfg.get('num_sets', 4), part_cfg.get('eps', 0.2))
+    # the similarity stage builds the models one at a time from the ZooCache and releases them
+    sim = compute_similarity(zoo, to_plain(cfg.probe), to_plain(cfg.similarity), work_dir, launcher=launcher,
+                             on_nodes=check)
     result = None
     if get_rank() == 0:
         partitioner = PARTITIONERS.build(part_cfg)
         node_params = None
         if part_cfg.get('size_limit', 'nodes') == 'params':
-            node_params = {m.name: [m.params(i, i) for i in range(len(m.nodes))] for m in models}
+            node_params = {}
+            for name in zoo.names:
+                built = zoo.is_built(name)
+                zm = zoo[name]
+                node_params[name] = [zm.params(i, i) for i in range(len(zm.nodes))]
+                del zm
+                if not built:
+                    zoo.release(name)
         result = Partition.from_json(partitioner.partition(sim.nodes, sim.matrices, node_params=node_params,
                                                            similarity_type=sim.type))
         result.stamp = stamp.to_json()
         timing = {k: result.settings.pop(k) for k in ('seconds', 'restart_seconds') if k in result.settings}
-        record_timings(work_dir, 'partition', similarity_seconds=round(getattr(sim, 'seconds', 0.0), 3),
+        steps = {f'similarity_{k}': sim.meta[k] for k in ('build_seconds', 'probe_seconds', 'capture_seconds',
+                                                           'metric_seconds', 'plot_seconds') if k in sim.meta}
+        record_timings(work_dir, 'partition', similarity_seconds=round(getattr(sim, 'seconds', 0.0), 3), **steps,
+                       partitioner_seconds=round(timing.get('seconds', 0.0), 3),
                        total_seconds=round(time.perf_counter() - t0, 3), **timing)
         result.save(out_path)
         plot_partition(result, osp.join(work_dir, 'partition.png'))

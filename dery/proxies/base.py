@@ -36,7 +36,7 @@ from dery.zoo.layout import FAMILIES, pool
 
 from .data import ProxyBatches, sample_batches
 
-__all__ = ['BaseProxy', 'preserve_model_state', 'pool_features', 'model_output',
+__all__ = ['BaseProxy', 'preserve_model_state', 'pool_features', 'model_output', 'last_tensor',
            'prunable_weights']
 
 
@@ -95,7 +95,11 @@ def preserve_model_state(model: nn.Module, device: Optional[torch.device] = None
 
 def model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run the model; a tuple/list output counts by its last tensor."""
-    out = model(x)
+    return last_tensor(model(x))
+
+
+def last_tensor(out) -> torch.Tensor:
+    """The tensor a model output stands for: itself, or the last tensor of a tuple/list/dict."""
     if isinstance(out, dict):
         out = [v for v in out.values() if isinstance(v, torch.Tensor)]
     while isinstance(out, (tuple, list)):

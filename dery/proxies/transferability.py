@@ -32,24 +32,11 @@ from dery.errors import ConfigError
 from dery.registry import PROXIES
 from dery.utils import get_logger
 
-from .base import BaseProxy, model_output, pool_features
+from .base import BaseProxy, last_tensor, model_output, pool_features
 
 __all__ = ['LogME', 'HScore', 'TransRate', 'GBC']
 
 _EPS = float(np.finfo(np.float64).eps)
-
-
-def _unwrap(out) -> torch.Tensor:
-    if isinstance(out, dict):
-        out = [v for v in out.values() if isinstance(v, torch.Tensor)]
-    while isinstance(out, (tuple, list)):
-        if not out:
-            raise ConfigError('proxy: the model returned an empty tuple/list of features')
-        out = out[-1]
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f'proxy: the model returned {type(out).__name__}, not a tensor of '
-                        'features')
-    return out
 
 
 class _FeatureProxy(BaseProxy):
@@ -80,7 +67,7 @@ class _FeatureProxy(BaseProxy):
         with torch.no_grad():
             for imgs, lab in self._batches_on(batches, device):
                 if callable(getattr(model, 'extract_feat', None)):
-                    out = _unwrap(model.extract_feat(imgs))
+                    out = last_tensor(model.extract_feat(imgs))
                 else:
                     out = model_output(model, imgs)
                 f = pool_features(out, self.feature_format)

@@ -306,17 +306,52 @@ class ProbeSet:
     def __len__(self):
         return len(self.batches)
 
-    def iter_batches(self, batch_ids):
-        """Yield ``(batch id, normalised inputs [B, C, H, W] float32)``."""
+    def iter_raw(self, batch_ids):
+        """Yield ``(batch id, collated batch)`` from the data set (before normalisation)."""
         batch_ids = list(batch_ids)
         if not batch_ids:
             return
         loader = DataLoader(_Indexed(self.dataset),
                             batch_sampler=[self.batches[t] for t in batch_ids],
                             num_workers=self.num_workers, collate_fn=_collate)
+        yield from zip(batch_ids, loader)
+
+    def normalise(self, data):
+        """The data preprocessor on a collated batch: inputs ``[B, C, H, W]`` float32."""
         with torch.no_grad():
-            for t, data in zip(batch_ids, loader):
-                yield t, self.preprocessor(data, False)['inputs']
+            return self.preprocessor(data, False)['inputs']
+
+    def store(self, cache, on_batch=None):
+        """Keep the batches in ``cache`` (a :class:`~dery.similarity.cache.ProbeCache`; written
+        unless it is complete already), and read them from there from now on. ``on_batch()``:
+        called after each batch read (progress bars)."""
+        if not cache.complete(len(self)):
+            def batches():
+                for item in self.iter_raw(range(len(self))):
+                    yield item
+                    if on_batch is not None:
+                        on_batch()
+            cache.write(batches())
+        self._store = cache
+        return self
+
+    def iter_batches(self, batch_ids):
+        """Yield ``(batch id, normalised inputs [B, C, H, W] float32)``.
+
+        From the stored batches when :meth:`store` was called (the data set is read again only
+        for a batch whose file is damaged), else from the data set.
+        """
+        batch_ids = list(batch_ids)
+        store = getattr(self, '_store', None)
+        if store is None:
+            for t, data in self.iter_raw(batch_ids):
+                yield t, self.normalise(data)
+            return
+        for t in batch_ids:
+            data = store.read(t)
+            if data is None:
+                data = next(self.iter_raw([t]))[1]
+            yield t, self.normalise(data)
 
 
 def num_steps(start, total, world):

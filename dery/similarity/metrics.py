@@ -558,6 +558,58 @@ class MinibatchCKA(BaseSimilarity):
         return _normalise(st['hsic'], st['self_a'], st['self_b'], st['varying_a'] > 0,
                           st['varying_b'] > 0, positive=True).to(self.dtype)
 
+    # -- one model at a time: per-node Gram matrices of a batch, combined later
+    def batch_grams(self, feats):
+        """What one batch of some nodes contributes, without the other nodes.
+
+        ``feats``: one batch, a list of ``[B, ...]`` tensors (the nodes of one
+        model). Returns ``(grams [N, B, B], scales [N], varying [N])``: the Gram
+        matrix of each node's centred unit-norm features (in ``dtype``), its
+        spread and whether it varies. :meth:`update_grams` on the grams of all
+        nodes of a batch (concatenated over models) equals :meth:`update` on
+        their features: the unbiased HSIC of linear kernels only needs the
+        Gram matrices. The grams are ``B x B`` per node, independent of the
+        feature size (``pooling='flatten'`` included).
+        """
+        fa = _flatten_list(feats, 'feats')
+        za, va, sa = zip(*[_center(x, self.dtype, scaled=True) for x in fa])
+        grams = torch.stack([z @ z.T for z in za])
+        return (grams, torch.tensor(sa, dtype=torch.float64),
+                torch.tensor([float(v) for v in va], dtype=torch.float64))
+
+    def update_grams(self, grams, scales, varying):
+        """Add one batch given as the :meth:`batch_grams` of all its nodes (symmetric, zoo-wide)."""
+        num, n = grams.shape[0], grams.shape[1]
+        shape = (num, None)
+        if self._shape is None:
+            self._shape = shape
+        elif self._shape != shape:
+            raise ConfigError(f'MinibatchCKA.update_grams: got {num} nodes after {self._shape[0]}; '
+                              'call reset() to start over')
+        if self._state is None:
+            self._init_state(num, num, grams.device, True)
+        if n < 4:
+            if not self._warned:
+                get_logger().warning(f'MinibatchCKA: skipping a batch of {n} samples '
+                                     '(the unbiased HSIC needs at least 4)')
+                self._warned = True
+            return
+        flat = grams.reshape(num, -1)
+        A = flat @ flat.T  # <K_i, K_j>_F for all pairs at once
+        d = grams.diagonal(dim1=1, dim2=2)
+        s, r = -d.sum(1), -d  # centred features: K~ 1 = -diag(K), 1^T K~ 1 = -tr(K)
+        H = _unbiased_hsic(A - d @ d.T, s, s, r, r, n)
+        h = _self_unbiased(A.diagonal().clone(), d, s, r, n)
+        st = self._state
+        dev = st['hsic'].device
+        w = scales.to(dev, torch.float64).square()
+        st['hsic'] += H.to(dev, torch.float64) * torch.outer(w, w)
+        st['self_a'] += h.to(dev, torch.float64) * w.square()
+        st['self_b'] += h.to(dev, torch.float64) * w.square()
+        st['varying_a'] += varying.to(dev, torch.float64)
+        st['varying_b'] += varying.to(dev, torch.float64)
+        st['batches'] += 1
+
     # -- distributed / checkpoint support (sums: all-reduce with SUM)
     def init_state(self, num_a, num_b=None, device='cpu'):
         """Zero accumulators for ``num_a`` x ``num_b`` nodes (``None``: symmetric).

@@ -98,17 +98,26 @@ def plot_summary(result, path):
     _save(fig, path)
 
 
-def save_plots(result, work_dir, pairs=True, symmetric=True):
+def num_plots(num_models, pairs=True, symmetric=True):
+    """How many files :func:`save_plots` writes."""
+    m = num_models
+    return 1 + (0 if not pairs else m * (m + 1) // 2 if symmetric else m * m)
+
+
+def save_plots(result, work_dir, pairs=True, symmetric=True, on_file=None):
     """Write the summary and (``pairs=True``) one heatmap per model pair.
 
     Symmetric metrics get one file per unordered pair (``a`` before ``b`` in
     zoo order, self pairs included); others one per ordered pair.
+    ``on_file()`` is called after each file (progress bars).
     Returns the written paths.
     """
     paths = []
     summary = osp.join(work_dir, 'similarity_summary.png')
     plot_summary(result, summary)
     paths.append(summary)
+    if on_file is not None:
+        on_file()
     if pairs:
         models = result.models
         for i, a in enumerate(models):
@@ -119,7 +128,9 @@ def save_plots(result, work_dir, pairs=True, symmetric=True):
                 plot_pair(result.matrices[(a, b)], result.nodes[a], result.nodes[b], a, b,
                           result.type, p)
                 paths.append(p)
+                if on_file is not None:
+                    on_file()
     return paths
 
 
-__all__ = ['plot_pair', 'plot_summary', 'save_plots']
+__all__ = ['plot_pair', 'plot_summary', 'save_plots', 'num_plots']

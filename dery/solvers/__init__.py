@@ -10,9 +10,9 @@ the whole-model proxy), ``RandomSearchSolver`` (the paper's), ``GreedySwapSolver
 """
 from .base import BaseSolver
 from .ilp import ILPSolver, check_budget, extreme_costs
-from .problem import AssemblyProblem, Candidate, Solution, SolverResult, normalize_constraints
+from .problem import AssemblyProblem, Candidate, Solution, SolverResult, StateTables, normalize_constraints
 from .search import ExhaustiveSolver, GreedySwapSolver, RandomSearchSolver
 
 __all__ = ['BaseSolver', 'ILPSolver', 'RandomSearchSolver', 'GreedySwapSolver',
-           'ExhaustiveSolver', 'AssemblyProblem', 'Candidate', 'Solution',
+           'ExhaustiveSolver', 'AssemblyProblem', 'Candidate', 'Solution', 'StateTables',
            'SolverResult', 'normalize_constraints', 'check_budget', 'extreme_costs']

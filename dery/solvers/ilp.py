@@ -18,6 +18,22 @@ first block) and the head (which depends on the last) are then linear::
 
 and ``min <= params <= max``, ``min <= flops <= max`` are plain linear rows.
 
+With states (:class:`~dery.solvers.StateTables`, ``assembly.resolution=
+'chain'``: a block's FLOPs depend on the resolution the blocks before it
+deliver) the layered graph's vertices are (candidate, state) pairs: the
+position-0 candidates start in their given state, and the edge from ``(i, s)``
+to ``j`` leads to the one state the stitch puts ``j`` in::
+
+    z_cs in [0, 1]                   candidate c chosen and in state s (x_c when c has one state)
+    sum_s z_cs = x_c
+    sum_j y_isj = z_is,   sum_{(i, s) -> (j, t)} y_isj = z_jt      (flow between states)
+
+Given binary x this is still exact: the one chosen vertex at position p sends
+its unit of flow along its one edge into the chosen candidate at p+1, which
+fixes that candidate's state, so z and y are integral too. Block FLOPs and the
+head sit on z, stitch costs on y; the rows above are unchanged. Without states
+every candidate has one state and this is the pair formulation.
+
 Objective: the linear surrogate ``sum_c x_c score_c + sum_ij y_ij stitch_score_ij``.
 The real objective, a whole-model training-free proxy (NASWOT...), is neither
 linear nor additive over blocks, and evaluating it needs a built model; no
@@ -77,9 +93,6 @@ class _Model:
         P = problem
         self.x = {c.id: self._var(f'x_{k}', cat='Binary')
                   for k, c in enumerate(P.candidates)}
-        self.y: Dict[Tuple[Hashable, Hashable], object] = {}
-        for k, pair in enumerate(P.pairs()):
-            self.y[pair] = self._var(f'y_{k}', lowBound=0, upBound=1)
         lpSum = pulp.lpSum
         for p, cands in enumerate(P.by_position):
             self.prob += lpSum(self.x[c.id] for c in cands) == 1, f'one_at_{p}'
@@ -91,21 +104,31 @@ class _Model:
             if len(ids) > 1:
                 self.prob += lpSum(self.x[i] for i in ids) <= 1, f'set_{k}'
         index = {c.id: k for k, c in enumerate(P.candidates)}
-        for p in range(P.num_positions - 1):
-            out, inn = defaultdict(list), defaultdict(list)
-            for (i, j) in P.pairs(p):
-                out[i].append(self.y[(i, j)])
-                inn[j].append(self.y[(i, j)])
-            for c in P.by_position[p]:
-                self.prob += lpSum(out[c.id]) == self.x[c.id], f'out_{index[c.id]}'
-            for c in P.by_position[p + 1]:
-                self.prob += lpSum(inn[c.id]) == self.x[c.id], f'in_{index[c.id]}'
+        # y: one variable per edge of the layered graph; self.y maps (i, j) -> [vars] (all states)
+        self.y: Dict[Tuple[Hashable, Hashable], object] = {}
+        self.edges = []  # (i, state_i, j, state_j, var)
+        if P.states is None:
+            for k, pair in enumerate(P.pairs()):
+                self.y[pair] = self._var(f'y_{k}', lowBound=0, upBound=1)
+                self.edges.append((pair[0], None, pair[1], None, self.y[pair]))
+            self.z = {(c.id, None): self.x[c.id] for c in P.candidates}
+            for p in range(P.num_positions - 1):
+                out, inn = defaultdict(list), defaultdict(list)
+                for (i, j) in P.pairs(p):
+                    out[i].append(self.y[(i, j)])
+                    inn[j].append(self.y[(i, j)])
+                for c in P.by_position[p]:
+                    self.prob += lpSum(out[c.id]) == self.x[c.id], f'out_{index[c.id]}'
+                for c in P.by_position[p + 1]:
+                    self.prob += lpSum(inn[c.id]) == self.x[c.id], f'in_{index[c.id]}'
+        else:
+            self._state_flow(P, index)
         self.expr = {'params': self._cost_expr(0), 'flops': self._cost_expr(1)}
         if objective == 'surrogate':
             obj = lpSum(float(c.score) * self.x[c.id] for c in P.candidates)
             if P.stitch_score:
-                obj += lpSum(float(v) * self.y[pair] for pair, v in P.stitch_score.items()
-                             if pair in self.y)
+                obj += lpSum(float(v) * y for pair, v in P.stitch_score.items() if pair in self.y
+                             for y in self._pair_vars(pair))
             self.prob += obj
         else:
             self.prob += self.expr[objective][0]
@@ -122,9 +145,49 @@ class _Model:
     def _var(self, name, **kw):
         return self.prob.add_variable(name, **kw)
 
+    def _state_flow(self, P, index):
+        """z (candidate, state) and y (state edges) with their flow rows (see the module doc)."""
+        lpSum = self.pulp.lpSum
+        self.z = {}
+        for c in P.candidates:
+            states = P.reachable.get(c.id, [])
+            if len(states) == 1:
+                self.z[(c.id, states[0])] = self.x[c.id]
+            else:
+                for t, st in enumerate(states):
+                    self.z[(c.id, st)] = self._var(f'z_{index[c.id]}_{t}', lowBound=0, upBound=1)
+            if len(states) != 1:  # none: never reachable, x_c = 0
+                self.prob += lpSum(self.z[(c.id, st)] for st in states) == self.x[c.id], f'states_{index[c.id]}'
+        k = 0
+        for p in range(P.num_positions - 1):
+            out, inn = defaultdict(list), defaultdict(list)
+            for (i, j) in P.pairs(p):
+                for st in P.reachable.get(i, []):
+                    e = P.states.stitch[(i, st, j)]
+                    if e is None:
+                        continue
+                    var = self._var(f'y_{k}', lowBound=0, upBound=1)
+                    k += 1
+                    self.y.setdefault((i, j), []).append(var)
+                    self.edges.append((i, st, j, e[2], var))
+                    out[(i, st)].append(var)
+                    inn[(j, e[2])].append(var)
+            for c in P.by_position[p]:
+                for t, st in enumerate(P.reachable.get(c.id, [])):
+                    self.prob += lpSum(out[(c.id, st)]) == self.z[(c.id, st)], f'out_{index[c.id]}_{t}'
+            for c in P.by_position[p + 1]:
+                for t, st in enumerate(P.reachable.get(c.id, [])):
+                    self.prob += lpSum(inn[(c.id, st)]) == self.z[(c.id, st)], f'in_{index[c.id]}_{t}'
+
+    def _pair_vars(self, pair):
+        y = self.y[pair]
+        return y if isinstance(y, list) else [y]
+
     def _cost_expr(self, k: int):
         """(scaled variable part, scale, base) of params (k=0) or flops (k=1)."""
         P = self.problem
+        if P.states is not None:
+            return self._state_cost_expr(k)
         coef = {}
         for c in P.candidates:
             v = (c.params, c.flops)[k]
@@ -145,6 +208,24 @@ class _Model:
             if v and pair in self.y)
         base = (P.base_params, P.base_flops)[k]
         return expr, scale, int(base)
+
+    def _state_cost_expr(self, k: int):
+        P, S = self.problem, self.problem.states
+        terms = []  # (coefficient, variable)
+        for c in P.by_position[0]:
+            terms.append((int(P.stem_cost(c.id)[k]), self.x[c.id]))
+        last = P.num_positions - 1
+        for (cid, st), var in self.z.items():
+            v = int(S.block[(cid, st)][k])
+            if P.by_id[cid].position == last:
+                v += int((S.head or {}).get((cid, st), (0, 0))[k])
+            terms.append((v, var))
+        for (i, st, j, _, var) in self.edges:
+            terms.append((int(S.stitch[(i, st, j)][k]), var))
+        big = max([abs(v) for v, _ in terms] + [1])
+        scale = max(1.0, big / 1e4)
+        expr = self.pulp.lpSum((v / scale) * var for v, var in terms if v)
+        return expr, scale, int((P.base_params, P.base_flops)[k])
 
     def add_nogood(self, ids):
         self.num_cuts += 1
@@ -342,9 +423,11 @@ class ILPSolver(BaseSolver):
         status = 'time_limit' if 'time_limit' in statuses else 'optimal'
         info = dict(backend=self.backend, top_m=self.top_m, num_found=len(found),
                     ilp_seconds=ilp_seconds, solve_seconds=solve_seconds,
-                    num_variables=len(model.x) + len(model.y),
+                    num_variables=len(model.x) + len(model.edges)
+                    + sum(1 for (c, _), v in model.z.items() if v is not model.x[c]),
                     num_constraints=model.prob.numConstraints())
         self._logger().info(
             f'ILPSolver: {len(found)} assemblies in {ilp_seconds:.2f}s '
-            f'({len(model.x)} candidates, {len(model.y)} pairs), {evals} proxy evals')
+            f'({len(model.x)} candidates, {len(model.edges)} pairs'
+            f'{"" if problem.states is None else " of states"}), {evals} proxy evals')
         return self._result('ILPSolver', found, status, t0, evals, info)

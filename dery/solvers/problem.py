@@ -15,6 +15,19 @@ Cost model (all counts are plain integers, as measured on built modules)::
 
 and the same for FLOPs with index 1. The surrogate objective maximised by the
 ILP is ``sum_p cand[a_p].score + sum_p stitch_score[(a_p, a_{p+1})]``.
+
+When costs depend on more than the pair (``assembly.resolution='chain'``: a
+block runs at the resolution the blocks before it deliver, so its FLOPs, the
+stitch into it and the head depend on the whole prefix), the problem carries
+:class:`StateTables`: each chosen block is in a *state* (its input
+resolution), the first block's state is given, and every stitch says the
+state of the block after it. Then::
+
+    s_0 = first[a_0]
+    params(a) = base + stem(a_0)
+              + sum_p block[(a_p, s_p)]                        (blocks, at their states)
+              + sum_p stitch[(a_p, s_p, a_{p+1})]  -> s_{p+1}    (stitches, and the next state)
+              + head[(a_{K-1}, s_{K-1})]
 """
 from __future__ import annotations
 
@@ -24,7 +37,7 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tupl
 
 from dery.errors import ConfigError
 
-__all__ = ['Candidate', 'AssemblyProblem', 'Solution', 'SolverResult',
+__all__ = ['Candidate', 'AssemblyProblem', 'StateTables', 'Solution', 'SolverResult',
            'normalize_constraints']
 
 Bounds = Tuple[Optional[int], Optional[int]]
@@ -105,6 +118,29 @@ def normalize_constraints(constraints: Optional[dict]) -> Dict[str, Bounds]:
 
 
 @dataclass
+class StateTables:
+    """Costs that depend on the state a block is in (its input resolution under ``'chain'``).
+
+    Args:
+        first: ``{id: state}`` of every position-0 candidate.
+        block: ``{(id, state): (params, flops)}`` of the block in that state.
+        stitch: ``{(id_i, state_i, id_j): (params, flops, state_j)}``: the stitch
+            from ``i`` (in ``state_i``) into the next block ``j`` and the state
+            ``j`` is then in; ``None``: ``j`` cannot follow ``i`` in that state
+            (e.g. it cannot run at that resolution).
+        head: ``{(id, state): (params, flops)}`` of the head after a
+            last-position block in that state.
+
+    States are any hashable values (resolutions ``(H, W)``). Only the states
+    reachable from ``first`` need entries.
+    """
+    first: Dict[Hashable, Hashable]
+    block: Dict[Tuple[Hashable, Hashable], Tuple[int, int]]
+    stitch: Dict[Tuple[Hashable, Hashable, Hashable], Optional[Tuple[int, int, Hashable]]]
+    head: Dict[Tuple[Hashable, Hashable], Tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass
 class AssemblyProblem:
     """Choose one candidate per position, at most one per set, within a budget.
 
@@ -130,6 +166,10 @@ class AssemblyProblem:
         forbidden_pairs: consecutive pairs that may not be chosen together.
         constraints: ``dict(params=(min, max), flops=(min, max))`` in plain counts;
             either bound may be None.
+        states: optional :class:`StateTables`; then block, stitch and head costs
+            come from it (``stitch_params``/``stitch_flops``/``last_head`` must be
+            empty; ``first_stem`` and ``base_*`` still apply, the candidates'
+            own ``params``/``flops`` are for display).
     """
     num_positions: int
     candidates: List[Candidate]
@@ -142,6 +182,7 @@ class AssemblyProblem:
     stitch_score: Optional[Dict[Tuple[Hashable, Hashable], float]] = None
     forbidden_pairs: Sequence[Tuple[Hashable, Hashable]] = ()
     constraints: Optional[dict] = None
+    states: Optional[StateTables] = None
 
     def __post_init__(self):
         self.validate()
@@ -197,6 +238,45 @@ class AssemblyProblem:
                         f'position {pos}')
                 if len(tuple(cost)) != 2:
                     raise ConfigError(f'{name}[{cid!r}] must be a (params, flops) pair')
+        self._validate_states()
+
+    def _validate_states(self):
+        """Reachable states per candidate (``self.reachable``), every one of them costed."""
+        S, K = self.states, self.num_positions
+        if S is None:
+            self.reachable = None
+            return
+        if self.stitch_params or self.stitch_flops or self.last_head:
+            raise ConfigError('a problem with states takes its stitch and head costs from states.stitch and '
+                              'states.head: leave stitch_params, stitch_flops and last_head empty')
+        reach = {}
+        for c in self.by_position[0]:
+            if c.id not in S.first:
+                raise ConfigError(f'states.first has no state for the position-0 candidate {c.id!r}')
+            reach[c.id] = [S.first[c.id]]
+        for p in range(K):
+            for c in self.by_position[p]:
+                for st in reach.get(c.id, []):
+                    if (c.id, st) not in S.block:
+                        raise ConfigError(f'states.block has no cost for {c.id!r} in state {st!r}')
+                    if p == K - 1 and S.head and (c.id, st) not in S.head:
+                        raise ConfigError(f'states.head has no cost for {c.id!r} in state {st!r}')
+            if p == K - 1:
+                break
+            for (i, j) in self.pairs(p):
+                for st in reach.get(i, []):
+                    if (i, st, j) not in S.stitch:
+                        raise ConfigError(f'states.stitch has no entry for {i!r} in state {st!r} -> {j!r}; give '
+                                          'every reachable one (None: not allowed)')
+                    e = S.stitch[(i, st, j)]
+                    if e is None:
+                        continue
+                    if len(tuple(e)) != 3:
+                        raise ConfigError(f'states.stitch[{(i, st, j)!r}] must be (params, flops, next state)')
+                    nxt = reach.setdefault(j, [])
+                    if e[2] not in nxt:
+                        nxt.append(e[2])
+        self.reachable = reach
 
     def _check_pair(self, name, i, j):
         if i not in self.by_id or j not in self.by_id:
@@ -246,10 +326,30 @@ class AssemblyProblem:
         for p in range(self.num_positions - 1):
             if (ids[p], ids[p + 1]) in self._forbidden:
                 return f'pair ({ids[p]!r}, {ids[p + 1]!r}) is forbidden'
+        if self.states is not None:
+            st = self.states.first[ids[0]]
+            for p in range(self.num_positions - 1):
+                e = self.states.stitch.get((ids[p], st, ids[p + 1]))
+                if e is None:
+                    return f'{ids[p + 1]!r} cannot follow {ids[p]!r} in state {st!r}'
+                st = e[2]
         return None
+
+    def walk(self, ids: Sequence[Hashable]) -> List[Hashable]:
+        """The state of each block of ``ids`` (``[None] * K`` without states)."""
+        if self.states is None:
+            return [None] * len(ids)
+        st, out = self.states.first[ids[0]], []
+        for p, cid in enumerate(ids):
+            out.append(st)
+            if p + 1 < len(ids):
+                st = self.states.stitch[(cid, st, ids[p + 1])][2]
+        return out
 
     def cost(self, ids: Sequence[Hashable]) -> Tuple[int, int]:
         """Exact (params, flops) of the assembly ``ids`` (integer arithmetic)."""
+        if self.states is not None:
+            return self._state_cost(ids)
         params, flops = int(self.base_params), int(self.base_flops)
         for cid in ids:
             c = self.by_id[cid]
@@ -261,6 +361,20 @@ class AssemblyProblem:
         sp, sf = self.stem_cost(ids[0])
         hp, hf = self.head_cost(ids[-1])
         return params + sp + hp, flops + sf + hf
+
+    def _state_cost(self, ids):
+        S = self.states
+        sp, sf = self.stem_cost(ids[0])
+        params, flops = int(self.base_params) + sp, int(self.base_flops) + sf
+        st = S.first[ids[0]]
+        for p, cid in enumerate(ids):
+            bp, bf = S.block[(cid, st)]
+            params, flops = params + int(bp), flops + int(bf)
+            if p + 1 < len(ids):
+                e = S.stitch[(cid, st, ids[p + 1])]
+                params, flops, st = params + int(e[0]), flops + int(e[1]), e[2]
+        hp, hf = (S.head or {}).get((ids[-1], st), (0, 0))
+        return params + int(hp), flops + int(hf)
 
     def surrogate(self, ids: Sequence[Hashable]) -> float:
         """The linear surrogate objective of ``ids``."""

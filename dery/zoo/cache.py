@@ -1,10 +1,31 @@
-"""``ZooCache``: the zoo models of one run, each built once and shared by every stage."""
+"""``ZooCache``: the zoo models of one run, built on demand, shared by every stage, released when done."""
+import gc
+
 from .adapters import build_zoo_model
 from .entry import ZooEntry, entries_from_config, load_zoo, resolve_entry
 
 
+def trim_memory():
+    """Collect garbage and hand freed heap memory back to the OS (glibc ``malloc_trim``).
+
+    Freed tensors below glibc's mmap threshold stay in the process's heap; after
+    releasing a model that would keep the resident size at its high-water mark.
+    """
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class ZooCache:
     """Builds each zoo model on first use; shapes, stems, cuts and features share it.
+
+    Memory: a built model stays until :meth:`release` (the similarity stage
+    builds one model at a time and releases it when done, so its memory does
+    not grow with the zoo). What a stage learnt about a released model that
+    does not need its weights (the node list) is kept: :meth:`nodes`.
 
     Args:
         entries: ``None`` (the default ``model_zoo.yml``, read when first
@@ -31,6 +52,10 @@ class ZooCache:
         self.pretrained = bool(pretrained)
         self.input_size = tuple(int(s) for s in input_size)
         self.models = {}
+        self._added = set()
+        self._nodes = {}
+        #: True: the stages keep what they build (a later stage of the same run needs every model)
+        self.keep_built = False
 
     @classmethod
     def from_config(cls, zoo_cfg):
@@ -57,8 +82,50 @@ class ZooCache:
                     models={n: self.entries[n].identity(self.pretrained) for n in names})
 
     def add(self, zoo_model):
-        """Use an already built :class:`~dery.zoo.ZooModel`."""
+        """Use an already built :class:`~dery.zoo.ZooModel` (never released by the stages)."""
         self.models[zoo_model.name] = zoo_model
+        self._added.add(zoo_model.name)
+        self._nodes[zoo_model.name] = list(zoo_model.nodes)
+
+    def is_built(self, name):
+        return name in self.models
+
+    def is_added(self, name):
+        """True for a model given with :meth:`add` (its weights may differ from its entry's)."""
+        return name in self._added
+
+    def release(self, name):
+        """Drop the built model ``name`` (its weights are freed once nothing else holds them).
+
+        Models given with :meth:`add` are kept. Returns True when a model was dropped.
+        """
+        if name in self._added or name not in self.models:
+            return False
+        zm = self.models.pop(name)
+        self._nodes.setdefault(name, list(zm.nodes))
+        del zm
+        trim_memory()
+        return True
+
+    def release_all(self, keep=()):
+        """:meth:`release` every built model but ``keep``."""
+        for name in [n for n in self.models if n not in keep]:
+            self.release(name)
+
+    def nodes(self, name):
+        """The node list of ``name``: remembered once the model was built, else built now."""
+        if name not in self._nodes:
+            self._nodes[name] = list(self[name].nodes)
+        return list(self._nodes[name])
+
+    def known_nodes(self, name):
+        """The node list of ``name`` when known without building it, else None."""
+        nodes = self._nodes.get(name)
+        return None if nodes is None else list(nodes)
+
+    def remember_nodes(self, name, nodes):
+        """Record the node list of ``name`` learnt elsewhere (e.g. from a feature cache)."""
+        self._nodes.setdefault(name, list(nodes))
 
     def __contains__(self, name):
         return name in self.models or name in self.entries
@@ -67,6 +134,7 @@ class ZooCache:
         if name not in self.models:
             self.models[name] = build_zoo_model(resolve_entry(name, self.entries), pretrained=self.pretrained,
                                                 input_size=self.input_size)
+            self._nodes.setdefault(name, list(self.models[name].nodes))
         return self.models[name]
 
     def __repr__(self):
@@ -74,4 +142,4 @@ class ZooCache:
                 f'pretrained={self.pretrained}, input_size={self.input_size})')
 
 
-__all__ = ['ZooCache']
+__all__ = ['ZooCache', 'trim_memory']

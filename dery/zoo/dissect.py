@@ -11,8 +11,10 @@ typed per model:
   norm pair, a patch merging or a downsample is not; a residual or transformer
   block is);
 * walking down from the root, a child that itself contains a chain is entered
-  (stages, ``blocks`` containers); a block-like child of a chain is a node;
-  anything else is *glue*;
+  (stages, ``blocks`` containers); a block-like child of a chain is a node, and
+  so is a child that closes a chain of stages with the stages' own class (a
+  one-block stage such as timm MobileNetV3's ``blocks.6``, its 1x1 conv to 960
+  channels); anything else is *glue*;
 * glue that runs before the first node is part of the stem, glue after the last
   node is part of the head, and glue between nodes (Swin's patch merging,
   ConvNeXt's downsample) is attached to the node that follows it, so that every
@@ -189,11 +191,18 @@ def structural_units(model):
 
     def walk(m, prefix):
         chain = _is_chain(m)
-        for name, child in m.named_children():
+        children = list(m.named_children())
+        stages = [k for k, (_, c) in enumerate(children) if contains_chain(c)] if chain else []
+        stage_types = {type(children[k][1]) for k in stages}
+        for k, (name, child) in enumerate(children):
             full = prefix + name
             if contains_chain(child):
                 walk(child, full + '.')
             elif chain and _is_blocklike(child):
+                units.append((full, 'node'))
+            elif stages and k > stages[-1] and type(child) in stage_types and _num_param_modules(child):
+                # a one-block stage closing a chain of stages (timm MobileNetV3's ``blocks.6``,
+                # its 1x1 conv to 960 channels): a stage like its siblings, so a node
                 units.append((full, 'node'))
             else:
                 units.append((full, 'glue'))
@@ -439,9 +448,18 @@ class Stem(nn.Module):
     def forward(self, x):
         if self.stub_shape is not None:
             return x.new_zeros((x.shape[0], ) + tuple(self.stub_shape))
+        tracing = torch._C._get_tracing_state()
+        scope = tracing.current_scope() if tracing is not None else None
         try:
             self.shell(x)
         except _StopForward as stop:
+            # Tracers that push a scope per module in forward hooks (mmengine.analysis, which
+            # mmpretrain's get_flops.py uses) get no pop for the modules the stop unwound, and
+            # torch aborts on the unbalanced scopes: pop them here.
+            for _ in range(10000):
+                if tracing is None or tracing.current_scope() == scope:
+                    break
+                tracing.pop_scope()
             return stop.value
         raise DissectionError(f'stem finished without reaching {self.first_node}')
 

@@ -218,6 +218,39 @@ class ZooModel:
     def stem_flops(self):
         return self._flop_table()['stem']
 
+    def cut_at(self, start, end, grid, flops=True):
+        """``(out TensorSpec, FLOPs)`` of the cut ``[start, end]`` run on an input of spatial size
+        ``grid`` ``(H, W)`` instead of its own (``assembly.resolution='chain'``).
+
+        At the node's own input size this is ``(out_spec(end), flops(start, end))``;
+        elsewhere the cut is run once on zeros for its output shape and traced
+        once for its FLOPs (both memoised; ``flops=False``: the shape only, FLOPs
+        None). Raises when the cut cannot run at that size.
+        """
+        i, j = self.index(start), self.index(end)
+        grid = (int(grid[0]), int(grid[1]))
+        src = self.in_spec(i)
+        if grid == src.grid:
+            return self.out_spec(j), (self.flops(i, j) if flops else None)
+        cache = self.__dict__.setdefault('_at_cache', {})
+        p = next(self.model.parameters(), None)
+        x = src.with_grid(*grid).zeros(1, device=p.device if p is not None else None)
+        need = [k for k in ((i, j, grid), (i, j, grid, 'flops') if flops else None) if k and k not in cache]
+        if need:
+            cut = self.cut(i, j)
+            modes = {m: m.training for m in cut.modules()}
+            cut.eval()  # the zoo's own modules: no running-statistics updates, as they were afterwards
+            try:
+                with torch.no_grad():
+                    out = cut(x)
+                cache[(i, j, grid)] = TensorSpec(self.family, tuple(out.shape[1:]), self.num_prefix_tokens)
+                if flops:
+                    cache[(i, j, grid, 'flops')] = int(count_flops(cut, x))
+            finally:
+                for m, mode in modes.items():
+                    m.training = mode
+        return cache[(i, j, grid)], (cache[(i, j, grid, 'flops')] if flops else None)
+
     def node_table(self):
         """One dict per node: name, input/output shapes, params and FLOPs."""
         rows = []

@@ -16,7 +16,13 @@ partitioner = dict(type='CoverSetPartitioner', num_sets=4, eps=0.2, restarts=200
 proxy = dict(type='NASWOT', num_batches=5, batch_size=32, seed=0)
 solver = dict(type='ILPSolver', top_m=10)
 # Stem of the first block's source model; stitches fitted by least squares on 64 probe images.
-assembly = dict(stem='source', stitch_init='lstsq', stitch_samples=64)
+# Other options (the original code's network: configs/dery/paper/): stem=dict(type='resnet',
+# channels=C) (a fresh ResNet stem), resolution='chain' (blocks at the resolution the chain delivers,
+# stitches stride, never interpolate; default 'native': each block at its own model's resolution),
+# stitch=dict(type='NormActStitch') (BN/LN -> conv/linear -> LeakyReLU; default 'StitchLayer', affine),
+# stitch_consecutive=True (a stitch between consecutive cuts of one model), blocks=[dict(model,
+# start, end[, stride])] (a fixed assembly: no partition, no search).
+assembly = dict(stem=dict(type='source'), stitch_init='lstsq', stitch_samples=64)
 
 # ---------------------------------------------------------------- stage 4: training
 # `assembly='auto'`: the architecture and initial weights come from WORK_DIR/assembly.json and

@@ -1,0 +1,211 @@
+"""The zoo at scale (#16): the similarity stage holds one model at a time, shards models over ranks.
+
+* peak memory of ``compute_similarity`` over a :class:`~dery.zoo.ZooCache` does not grow with the
+  number of models (live heap bytes, glibc ``mallinfo2``, sampled every millisecond);
+* ``torchrun --nproc_per_node 2``: each rank builds a disjoint share of the zoo, and the result is
+  bit-identical to one process;
+* the pieces: stored probe batches, Gram-matrix streaming equals feature streaming, the work
+  queue, the thread count rule.
+"""
+import ctypes
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+HERE = osp.dirname(osp.abspath(__file__))
+ROOT = osp.dirname(HERE)
+
+# 4 random-init ResNet-18s (11.2M parameters, 45 MB of weights each) at 16 x 16: the weights dominate
+# the memory, the forward passes cost nothing
+ZOO = [dict(name=f'r18_{k}', adapter='timm', model='resnet18', family='cnn', input_size=[3, 16, 16])
+       for k in range(4)]
+PROBE = dict(dataset=dict(type='SyntheticImageDataset', num_samples=40, num_classes=4, image_size=16,
+                          pipeline=[dict(type='PackInputs')]), batch_size=8, num_samples=40, seed=0)
+QUIET = dict(plot=False, progress=False)
+WEIGHTS = 11_689_512 * 4  # bytes of one model's parameters (ResNet-18 with its head)
+
+
+def _zoo(n):
+    from dery.zoo import ZooCache
+    return ZooCache(ZOO[:n], pretrained=False, input_size=(3, 16, 16))
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks',
+                                               'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
+
+
+def _heap():
+    try:
+        fn = ctypes.CDLL('libc.so.6').mallinfo2
+    except (OSError, AttributeError):
+        pytest.skip('needs glibc >= 2.33 (mallinfo2)')
+    fn.restype = _MallInfo2
+    return lambda: (lambda m: m.uordblks + m.hblkhd)(fn())
+
+
+def _peak_heap(fn):
+    """``fn()``'s peak live heap bytes above the start (sampled every millisecond)."""
+    heap = _heap()
+    import gc
+    gc.collect()
+    base = heap()
+    peak, stop = [base], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], heap())
+            stop.wait(0.001)
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        out = fn()
+    finally:
+        stop.set()
+        t.join()
+    peak[0] = max(peak[0], heap())
+    return peak[0] - base, out
+
+
+def test_similarity_memory_does_not_grow_with_the_zoo(tmp_path):
+    from dery.similarity import compute_similarity
+    # warm-up: imports, registries, the first model's one-off allocations
+    compute_similarity(_zoo(1), PROBE, dict(type='LinearCKA', **QUIET), str(tmp_path / 'warm'))
+    peaks, results = {}, {}
+    for n in (1, 4):
+        zoo = _zoo(n)
+        peaks[n], results[n] = _peak_heap(
+            lambda: compute_similarity(zoo, PROBE, dict(type='LinearCKA', **QUIET), str(tmp_path / f'z{n}')))
+        assert not zoo.models, f'the stage left {list(zoo.models)} built'
+        assert zoo.known_nodes('r18_0') is not None  # what it learnt without the weights stays
+    # holding the zoo would cost 4 x 45 MB; one model at a time costs one model whatever the zoo
+    assert peaks[1] > 0.8 * WEIGHTS, peaks
+    print({n: f'{p / 2**20:.1f} MiB' for n, p in peaks.items()})
+    assert peaks[4] < peaks[1] + 0.5 * WEIGHTS, {n: f'{p / 2**20:.1f} MiB' for n, p in peaks.items()}
+    assert results[4].full().shape == (4 * 8, 4 * 8)
+    # the same models give the same matrix whatever else is in the zoo
+    np.testing.assert_allclose(results[4].matrices[('r18_0', 'r18_0')], results[1].matrices[('r18_0', 'r18_0')],
+                               atol=1e-10)
+
+
+def test_accumulators_store_holds_one_model_and_leaves_nothing(tmp_path):
+    from dery.similarity import compute_similarity
+    zoo = _zoo(3)
+    wd = str(tmp_path / 'acc')
+    res = compute_similarity(zoo, PROBE, dict(type='MinibatchCKA', store='accumulators', **QUIET), wd)
+    ref = compute_similarity(_zoo(3), PROBE, dict(type='MinibatchCKA', **QUIET), str(tmp_path / 'feat'))
+    np.testing.assert_allclose(res.full(), ref.full(), atol=1e-10)
+    assert not zoo.models
+    assert not osp.isdir(osp.join(wd, 'similarity_cache'))  # Gram matrices and probe batches removed
+
+
+WORKER = r"""
+import json, os, sys
+import torch
+sys.path.insert(0, os.environ['DERY_TEST_DIR'])
+from test_zoo_scale import PROBE, QUIET, _zoo
+import dery.zoo.cache as zc
+built = []
+_orig = zc.build_zoo_model
+def _record(entry, **kwargs):
+    built.append(entry.name if hasattr(entry, 'name') else str(entry))
+    return _orig(entry, **kwargs)
+zc.build_zoo_model = _record
+from dery.similarity import compute_similarity
+res = compute_similarity(_zoo(4), PROBE, dict(type='LinearCKA', **QUIET), sys.argv[2], launcher='pytorch')
+import torch.distributed as dist
+rank = dist.get_rank()
+with open(os.path.join(sys.argv[1], f'rank{rank}.json'), 'w') as f:
+    json.dump(dict(built=built, world=res.meta['world_size'], captured=res.meta['captured']), f)
+if rank == 0:
+    import numpy as np
+    np.save(os.path.join(sys.argv[1], 'full.npy'), res.full())
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(240)
+def test_two_processes_shard_the_models_and_equal_one(tmp_path):
+    from dery.similarity import compute_similarity
+    script = tmp_path / 'worker.py'
+    script.write_text(WORKER)
+    torchrun = osp.join(osp.dirname(sys.executable), 'torchrun')
+    env = dict(os.environ, OMP_NUM_THREADS='1', DERY_TEST_DIR=HERE, HF_HUB_OFFLINE='1',
+               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get('PYTHONPATH')) if p))
+    env.setdefault('GLOO_SOCKET_IFNAME', 'lo')
+    proc = subprocess.run([torchrun, '--standalone', '--nproc_per_node', '2', str(script), str(tmp_path),
+                           str(tmp_path / 'dist')], env=env, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ranks = [json.load(open(tmp_path / f'rank{r}.json')) for r in range(2)]
+    built = [set(r['built']) for r in ranks]
+    assert all(r['world'] == 2 for r in ranks)
+    # each process built only its share of the zoo (no model twice), together all of it
+    assert built[0] and built[1] and not built[0] & built[1], built
+    assert built[0] | built[1] == {e['name'] for e in ZOO}
+    assert sorted(ranks[0]['captured']) == sorted(e['name'] for e in ZOO)
+    single = compute_similarity(_zoo(4), PROBE, dict(type='LinearCKA', **QUIET), str(tmp_path / 'single'))
+    np.testing.assert_array_equal(np.load(tmp_path / 'full.npy'), single.full())
+
+
+# ----------------------------------------------------------------------------- pieces
+def test_stored_probe_batches_equal_the_data_set_and_survive_damage(tmp_path):
+    from dery.similarity import ProbeSet
+    from dery.similarity.cache import ProbeCache
+    probe = ProbeSet(PROBE)
+    direct = [x for _, x in probe.iter_batches(range(len(probe)))]
+    cache = ProbeCache(str(tmp_path), probe.key)
+    probe.store(cache)
+    assert cache.complete(len(probe))
+    again = ProbeSet(PROBE).store(cache)
+    for (t, x), y in zip(again.iter_batches(range(len(probe))), direct):
+        assert torch.equal(x, y), t
+    with open(cache._path(1), 'r+b') as f:  # a damaged batch is read from the data set again
+        f.seek(100)
+        f.write(b'\0' * 16)
+    assert torch.equal(dict(again.iter_batches([1]))[1], direct[1])
+
+
+def test_gram_updates_equal_feature_updates():
+    from dery.similarity import MinibatchCKA
+    g = torch.Generator().manual_seed(0)
+    models = [[torch.randn(8, d, generator=g) for d in (3, 5)], [torch.randn(8, 7, generator=g) * 1e3 + 5]]
+    models[1].append(torch.ones(8, 2))  # a constant node
+    a, b = MinibatchCKA(), MinibatchCKA()
+    for _ in range(3):
+        feats = [f + 0.1 * torch.randn(f.shape, generator=g) for m in models for f in m]
+        a.update(feats)
+        parts = [b.batch_grams(feats[:2]), b.batch_grams(feats[2:])]
+        b.update_grams(*(torch.cat(x) for x in zip(*parts)))
+    np.testing.assert_allclose(a.compute().numpy(), b.compute().numpy(), atol=1e-12)
+
+
+def test_work_queue_and_threads(monkeypatch):
+    from dery.utils.dist import WorkQueue, available_cores, threads_per_process
+    q = WorkQueue(3)
+    assert [q.next() for _ in range(5)] == [0, 1, 2, None, None]
+    for var in ('DERY_NUM_THREADS', 'OMP_NUM_THREADS', 'LOCAL_WORLD_SIZE', 'TORCHELASTIC_RUN_ID'):
+        monkeypatch.delenv(var, raising=False)
+    cores = available_cores()
+    assert threads_per_process()[0] == cores
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', str(2 * cores))  # more processes than cores: one thread each
+    assert threads_per_process()[0] == 1
+    monkeypatch.setenv('OMP_NUM_THREADS', '3')  # the user's choice wins
+    assert threads_per_process() == (3, 'OMP_NUM_THREADS')
+    monkeypatch.setenv('DERY_NUM_THREADS', '2')
+    assert threads_per_process() == (2, 'DERY_NUM_THREADS')

@@ -1,0 +1,40 @@
+"""Export an assembled network to TorchScript (traced), then check it against PyTorch on random inputs.
+
+    .venv/bin/python tools/deployment/pytorch2torchscript.py CONFIG CHECKPOINT [--output-file FILE]
+        [--shape H [W]] [--batch-size 1] [--softmax]
+
+CONFIG: the run's WORK_DIR/assembled.py, or its training config (the network is
+then the checkpoint's assembly record). The traced module maps a float image
+batch [B, 3, H, W] of pixel values (0..255, as the data preprocessor receives
+them) to logits (--softmax: scores), at the traced batch size and image size
+(default: the assembly's input size); load it with torch.jit.load, no DeRy
+needed. The parity check (max |TorchScript - PyTorch| <= 1e-4 on random
+inputs) is printed; a larger difference exits with an error.
+"""
+import argparse
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('config', help="WORK_DIR/assembled.py or the run's training config")
+    p.add_argument('checkpoint', help='checkpoint file (a training or a published one)')
+    p.add_argument('--output-file', help='the TorchScript file (default: the checkpoint with .pt)')
+    p.add_argument('--shape', type=int, nargs='+', help='input height [width] (default: the assembly input size)')
+    p.add_argument('--batch-size', type=int, default=1, help='batch size the module is traced at')
+    p.add_argument('--softmax', action='store_true', help='output softmax scores instead of logits')
+    p.add_argument('--tolerance', type=float, default=1e-4, help='the largest |TorchScript - PyTorch| accepted')
+    p.add_argument('--debug', action='store_true', help='show the traceback of DeRy errors too')
+    return p.parse_args(argv)
+
+
+def main(args):
+    from dery.apis.deploy import export, export_report
+    res = export(args.config, args.checkpoint, 'torchscript', args.output_file, args.shape, args.batch_size,
+                 softmax=args.softmax, tolerance=args.tolerance)
+    print(export_report(res), flush=True)
+
+
+if __name__ == '__main__':
+    arguments = parse_args()  # --help answers before anything heavy is imported
+    from dery.cli import run
+    run(main, arguments)
