@@ -315,13 +315,17 @@ def stage_time_table(work_dir, stages, wall=None):
     for col in ('stage', 'step', 'seconds'):
         table.add_column(col, justify='right' if col == 'seconds' else 'left')
     order = ('similarity_build', 'similarity_probe', 'similarity_capture', 'similarity_metric', 'similarity',
-             'similarity_plot', 'partitioner')
+             'similarity_plot', 'partitioner', 'target_data', 'zoo_pass_build', 'zoo_pass_forward', 'tables',
+             'ilp', 'proxy_evaluations', 'solver', 'final_build_and_write')
     for stage in stages:
         rows = {k[:-len('_seconds')]: v for k, v in (data.get(stage) or {}).items()
                 if isinstance(v, (int, float)) and k.endswith('_seconds')}
+        if 'solver' in rows and 'ilp' in rows:
+            rows['proxy_evaluations'] = rows['solver'] - rows['ilp']
         keys = sorted(rows, key=lambda k: (k == 'total', order.index(k) if k in order else len(order), k))
         for key in keys:
-            label = 'similarity (all of it)' if key == 'similarity' else key.replace('_', ' ')
+            label = dict(similarity='similarity (all of it)', solver='solver (ILP + proxy evaluations)').get(
+                key, key.replace('_', ' '))
             table.add_row(stage, label, f'{rows[key]:.2f}')
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)  # KiB on Linux
     table.add_row('process', 'peak RSS (GiB)', f'{peak:.2f}')

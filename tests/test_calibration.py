@@ -191,7 +191,7 @@ def test_calibration_fine_tunes_the_scored_network(tiny_calibration):
     """The training config of a sample builds, after init, exactly the network the proxies scored."""
     from mmengine.registry import DefaultScope
 
-    from dery.assembly import Assembly
+    from dery.assembly import Assembly, AssemblyContext
     from dery.calibration import Calibration
     from dery.partition import Partition
     from dery.registry import MODELS
@@ -204,7 +204,7 @@ def test_calibration_fine_tunes_the_scored_network(tiny_calibration):
     calib.prepare()
     assert [s.name for s in calib.samples] == [s['name'] for s in rec['samples']]
     sample = calib.samples[-1]
-    ref, _ = calib.ctx.build(sample.ids)
+    ref, _ = AssemblyContext(cfg, zoo, part).build(sample.ids)  # a context of its own, as the stage builds
     tcfg = calib.train_config(sample, 0)
     with DefaultScope.overwrite_default_scope('dery'):
         model = MODELS.build(tcfg.model)
@@ -214,6 +214,13 @@ def test_calibration_fine_tunes_the_scored_network(tiny_calibration):
     for k in want:
         if k.startswith('backbone.'):
             assert torch.equal(got[k], want[k]), k
+    # the scores do not depend on the sample's place in the order: this network, built first in a fresh
+    # context, scores what the calibration recorded (the gradient proxies read the head: re-initialised)
+    from dery.calibration.core import reset_head
+    from dery.registry import PROXIES
+    reset_head(ref, cfg.proxy.seed)
+    synflow = PROXIES.build(calib.proxy_cfgs['SynFlow']).score(ref, calib.ctx.batches)
+    assert synflow == pytest.approx(rec['samples'][-1]['scores']['SynFlow'], rel=1e-9)
 
 
 def test_second_call_reuses_every_run(tiny_calibration, monkeypatch):

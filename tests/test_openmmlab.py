@@ -320,6 +320,10 @@ def test_get_model_is_quiet(tiny_reference, tiny_trained, monkeypatch):
         get_model(TINY_CONFIG, assembly=tiny_reference, pretrained=True)  # no checkpoint: mmengine initialises
     assert len(rec.lines) == 1 and 'assembled_init.pth' in rec.lines[0], rec.lines[:20]
     monkeypatch.setenv('DERY_DEBUG', '1')  # mmengine's per-parameter report at debug level
+    # mmengine writes that report into the current logger's log file when it has one (an earlier test may
+    # have left such a logger current): a fresh current logger without a file shows it on its handlers
+    from mmengine.logging import MMLogger
+    MMLogger.get_instance(f'test_get_model_is_quiet_{os.getpid()}', logger_name='dery_test')
     with _Records() as rec:
         get_model(TINY_CONFIG, assembly=tiny_reference, pretrained=True)
     assert len(rec.lines) > 20, rec.lines

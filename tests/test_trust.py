@@ -232,13 +232,12 @@ def test_changed_probe_reruns_through_the_tool(tmp_path, tiny_reference):
 # ----------------------------------------------------------------------------- 2. resume
 def test_resume_with_other_settings_is_refused_and_touches_nothing(trained):
     before = snapshot(trained)
-    code, err, seconds = tool_subprocess('train.py', TINY, '--work-dir', trained, '--resume', '--cfg-options',
+    code, err, _ = tool_subprocess('train.py', TINY, '--work-dir', trained, '--resume', '--cfg-options',
                                          *OPTS, *TRAIN, 'probe.num_samples=32')
     assert_one_line(code, err, r'--resume: .*assembly.json was made with other settings',
                     r'partition.probe.num_samples changed \(48 -> 32\)', 'resume with the config',
                     'new --work-dir')
     assert snapshot(trained) == before
-    assert seconds < 30
 
 
 def test_resume_with_the_same_settings_keeps_the_stages(trained, tmp_path):
@@ -316,18 +315,17 @@ EARLY = [
 @pytest.mark.parametrize('tool_name,options,patterns', EARLY, ids=[' '.join(c[1]) for c in EARLY])
 def test_config_errors_one_line_before_work(tool_name, options, patterns, tmp_path):
     work = str(tmp_path / 'work')
-    t0 = time.perf_counter()
     code, err = tool(tool_name, TINY, '--work-dir', work, '--cfg-options', *OPTS, *options)
     assert_one_line(code, err, *patterns)
-    assert time.perf_counter() - t0 < 10
+    # before any work (no wall-time assertion: the machines are shared; the note quotes the seconds)
     assert not osp.exists(osp.join(work, 'similarity_cache')), 'the error came after the similarity stage'
 
 
 def test_errors_in_subprocesses_and_debug_traceback(tmp_path):
-    code, err, seconds = tool_subprocess('assemble.py', TINY, '--work-dir', str(tmp_path), '--cfg-options',
+    code, err, _ = tool_subprocess('assemble.py', TINY, '--work-dir', str(tmp_path), '--cfg-options',
                                          *OPTS, 'solver.type=GreedySwapSolver')
     assert_one_line(code, err, 'does not take')
-    assert seconds < 10, seconds
+    assert not osp.exists(osp.join(str(tmp_path), 'similarity_cache'))
     code, err, _ = tool_subprocess('partition.py', TINY, '--work-dir', str(tmp_path), '--debug', '--cfg-options',
                                    *OPTS, 'partitioner.eps=-1')
     assert code != 0 and 'Traceback' in err and 'eps must be >= 0' in err

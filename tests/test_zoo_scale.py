@@ -209,3 +209,35 @@ def test_work_queue_and_threads(monkeypatch):
     assert threads_per_process() == (3, 'OMP_NUM_THREADS')
     monkeypatch.setenv('DERY_NUM_THREADS', '2')
     assert threads_per_process() == (2, 'DERY_NUM_THREADS')
+
+
+def test_assembly_stage_holds_a_candidate_not_the_zoo(tmp_path):
+    """Stages 1-3 on 4 ResNet-18s: the similarity stage holds one model at a time, the assembly stage one
+    for its zoo pass and a candidate's (<= num_sets) for a proxy evaluation; nothing stays built."""
+    from mmengine.config import Config
+
+    from dery.apis import assemble
+    from dery.zoo import ZooCache
+
+    class Counting(ZooCache):
+        most = 0
+
+        def __getitem__(self, name):
+            zm = super().__getitem__(name)
+            Counting.most = max(Counting.most, len(self.models))
+            return zm
+
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'dery', 'tiny_cpu.py'))
+    cfg.zoo = dict(pretrained=False, input_size=(3, 16, 16), models=[dict(e) for e in ZOO])
+    cfg.probe = PROBE
+    cfg.target.dataset.image_size = 16
+    cfg.merge_from_dict({'partitioner.num_sets': 2, 'partitioner.restarts': 2, 'proxy.num_batches': 1,
+                         'solver.top_m': 2, 'assembly.stitch_samples': 16, 'similarity.plot': False,
+                         'similarity.progress': False, 'constraints.params': (None, 12_000_000),
+                         'constraints.flops': (None, None)})
+    zoo = Counting(cfg.zoo['models'], pretrained=False, input_size=(3, 16, 16))
+    work = str(tmp_path / 'work')
+    record = assemble(cfg, work, zoo=zoo)
+    assert len(record.blocks) == 2 and not zoo.models, list(zoo.models)
+    assert Counting.most <= 2, Counting.most  # never more than a candidate's models at once (of 4)
+    assert not [f for f in os.listdir(work) if f.startswith('.assembly_features_')]  # stitch features removed

@@ -27,14 +27,7 @@ def main():
         # the similarity stage runs on every rank (reused when partition.json is current); the rest on rank 0
         partition(cfg, cfg.work_dir, launcher=args.launcher, check=False)
     if get_rank() == 0:
-        zoo = None
-        if args.launcher == 'none':
-            from dery.zoo import ZooCache
-            # the similarity stage runs inside assemble() here, and the assembly stage then uses every zoo
-            # model: keep what the similarity stage builds instead of building it twice (issue #16)
-            zoo = ZooCache.from_config(cfg.zoo)
-            zoo.keep_built = True
-        record = assemble(cfg, cfg.work_dir, launcher=args.launcher, force=args.force, check=False, zoo=zoo)
+        record = assemble(cfg, cfg.work_dir, launcher=args.launcher, force=args.force, check=False)
     barrier()
     if get_rank() == 0:
         print_table(record.table())

@@ -10,7 +10,8 @@ the code in dery/demo/, one module per stage):
    (scikit-learn's bundled handwritten digits in random colours, 16x16, only
    150 training images, dery/datasets/digits.py);
 2. pretrain: a heterogeneous zoo (ResNet, ViT, Swin, ConvNeXt; different
-   widths and depths) trained on the source task with mmengine's Runner,
+   widths and depths) trained on the source task with mmengine's Runner, one
+   recipe per family (configs/demo/demo.py `pretrain_recipes`),
    saved as plain zoo state dicts in WORK_DIR/zoo/ (cached: a second run
    skips it);
 3. partition: functional similarity on target images and the cover-set
@@ -19,8 +20,14 @@ the code in dery/demo/, one module per stage):
    zoo model (``dery.apis.assemble``, as tools/assemble.py);
 5. fine-tune: with one schedule and the same seeds, the reassembled model
    (the config tools/train.py would run), the same architecture from random
-   init, and every zoo model (finished runs are cached too);
-6. report: WORK_DIR/report.md (+ results.json, PNG plots), table printed.
+   init, and every zoo model (finished runs are cached too); and the proxy
+   calibration (dery.calibration, as tools/analysis_tools/proxy_calibration.py):
+   12 assemblies on the digits and 12 on a second task (procedural shapes,
+   configs/demo/dery_shapes.py), each scored by every registered proxy and
+   fine-tuned, then the best cross-family assembly with more seeds;
+6. report: WORK_DIR/report.md (+ results.json, PNG plots), table printed:
+   the results (3 seeds each), the calibration tables (Kendall's tau and
+   Spearman's rho per proxy, both tasks) and which proxy the solver used.
 
 Training runs go to a pool of worker processes (``--jobs``, default: the CPU
 count up to 4) with one torch thread each: on a 2-core machine this is

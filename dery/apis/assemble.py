@@ -40,5 +40,9 @@ def assemble(cfg, work_dir=None, launcher='none', force=False, zoo=None, check=T
     if is_fixed(cfg):
         return run_fixed_assembly(cfg, zoo, work_dir, force=force)
     part = run_partition(cfg, work_dir, zoo, launcher=launcher)
-    part.validate(nodes={name: zoo[name].nodes for name in zoo.names})
+    # node lists known from stage 1 (no model built here); when partition.json was reused they are not known
+    # yet and the assembly stage checks each model's nodes as it builds it
+    known = {name: zoo.known_nodes(name) for name in zoo.names}
+    part.validate(nodes={n: v if v is not None else (part.models[n].nodes if n in part.models else [])
+                         for n, v in known.items()})
     return run_assembly(cfg, work_dir, zoo, part, partition_stamp(cfg, zoo), force=force)

@@ -1,4 +1,4 @@
-"""``calibrate(cfg)``: measure how well every proxy ranks candidate networks (tools/analysis_tools/proxy_calibration.py)."""
+"""``calibrate(cfg)``: how well every proxy ranks candidate networks (tools/analysis_tools/proxy_calibration.py)."""
 import os
 
 from mmengine.registry import init_default_scope
@@ -11,7 +11,7 @@ from .checks import check_config
 
 
 def calibrate(cfg, work_dir=None, zoo=None, executor=None, rerun=False, plots=True, log=None, check=True,
-              **options):
+              task=None, **options):
     """Sample feasible assemblies of the config's partition, score them with every proxy, fine-tune them
     with the config's schedule and measure each proxy's rank agreement with the fine-tuned top-1.
 
@@ -31,6 +31,7 @@ def calibrate(cfg, work_dir=None, zoo=None, executor=None, rerun=False, plots=Tr
         plots (bool): write the scatter PNGs.
         log (callable | None): progress lines (default: the 'dery' logger).
         check (bool): check the config first.
+        task (str | None): the task's name in the tables (default: the target data set's type).
         **options: override ``cfg.calibration``.
 
     Returns:
@@ -49,6 +50,6 @@ def calibrate(cfg, work_dir=None, zoo=None, executor=None, rerun=False, plots=Tr
     part = run_partition(cfg, work_dir, zoo)
     part.validate(nodes={name: zoo[name].nodes for name in zoo.names})
     assembly = run_assembly(cfg, work_dir, zoo, part, partition_stamp(cfg, zoo))
-    calib = Calibration(cfg, work_dir, zoo, part, assembly, **options).prepare(log)
+    calib = Calibration(cfg, work_dir, zoo, part, assembly, task=task, **options).prepare(log)
     results = (executor or serial_executor)(calib.runs, rerun=rerun, log=log)
     return calib.finish(results, plots=plots)

@@ -1,4 +1,7 @@
 """``AssemblyContext``: everything a solver run needs, and the builder of candidate networks."""
+import time
+import zlib
+
 import torch
 from mmengine.registry import DefaultScope
 
@@ -8,8 +11,9 @@ from dery.models.backbone import RESOLUTIONS
 from dery.proxies import sample_batches
 from dery.registry import DATASETS, MODELS, PROXIES
 from dery.utils import to_plain
-from dery.zoo import capture_node_features
-from .surrogate import naswot_block_scores
+from dery.utils.progress import Progress
+from .features import FeatureStore
+from .surrogate import NodeKernels, block_scores
 from .tables import AssemblyTables
 
 __all__ = ['AssemblyContext', 'build_classifier', 'check_assembly_options', 'DEFAULT_OPTIONS', 'ASSEMBLY_KEYS',
@@ -136,20 +140,38 @@ class AssemblyContext:
     whole-model proxy on seeded target batches. Benchmarks run several solvers
     on one context.
 
+    Memory: one pass over the zoo, one model at a time (built from the
+    :class:`~dery.zoo.ZooCache` when need be, released after): its
+    :class:`~dery.zoo.ZooCard` (nodes, layouts, params and FLOPs: all the cost
+    tables read), the surrogate scores and the stitch features (the outputs of
+    the partition's block ends on ``stitch_samples`` target images, on disk:
+    :class:`~dery.assembly.features.FeatureStore`) all come from one forward
+    pass over the target images. A candidate network then holds only the zoo
+    models its blocks come from (the models of the previous candidate are
+    released). Under ``assembly.resolution='chain'`` the cost tables run cuts
+    of every model at other sizes, so the models stay built; likewise when the
+    zoo says ``keep_built``.
+
     Args:
         cfg (Config): the DeRy config (``target``, ``proxy``, ``constraints``,
             ``assembly``, ``model``).
-        zoo (ZooCache): the built zoo.
+        zoo (ZooCache): the zoo.
         part (Partition): the stage-2 record.
+        progress (bool): rich progress bars (the zoo pass).
+        work_dir (str | None): where the stitch features go (a temporary folder
+            in it, removed afterwards; None: the system's temporary folder).
     """
 
-    def __init__(self, cfg, zoo, part):
+    def __init__(self, cfg, zoo, part, progress=False, work_dir=None):
         self.cfg, self.zoo, self.part = cfg, zoo, part
+        self.work_dir = work_dir or cfg.get('work_dir') or None
         self.opts = check_assembly_options(cfg.get('assembly'))
         self.input_size = zoo.input_size
         self.model_cfg = to_plain(cfg.model)
         self.proxy_cfg = to_plain(cfg.proxy)
         self.proxy = PROXIES.build(self.proxy_cfg)
+        self.times = {}
+        t0 = time.perf_counter()
         target = to_plain(cfg.target)
         dataset = DATASETS.build(target['dataset'])
         preprocess = target.get('data_preprocessor') or to_plain(cfg.get('data_preprocessor'))
@@ -159,17 +181,95 @@ class AssemblyContext:
         p = self.proxy
         self.batches = sample_batches(dataset, p.num_batches, p.batch_size, p.seed, preprocess=preprocess)
         images = torch.cat([b[0] for b in self.batches])
+        self.times['target_data_seconds'] = time.perf_counter() - t0
+        self._ours = set()  # models this context built (and releases)
+        self.release = (self.opts['resolution'] != 'chain' and hasattr(zoo, 'release')
+                        and not getattr(zoo, 'keep_built', False))
+        with Progress(progress) as prog:
+            self.scores, self.features = self._zoo_pass(images, p.seed, prog)
+        t1 = time.perf_counter()
         self.tables = AssemblyTables(part, zoo, self.model_cfg, self.opts)
-        self.scores = naswot_block_scores(part, zoo, images, seed=p.seed)
         self.problem = self.tables.problem(cfg.constraints, self.scores)
-        self.features = capture_node_features(zoo, list(part.models), images[:int(self.opts['stitch_samples'])]) \
-            if self.opts['stitch_init'] == 'lstsq' else None
+        self.times['tables_seconds'] = time.perf_counter() - t1
+
+    def _zoo_pass(self, images, seed, prog):
+        """Every model once: card, surrogate scores (NASWOT kernels of each node, made as the node
+        outputs appear) and, from the same forward pass, the stitch features; then released.
+        Timed: ``zoo_pass_build`` (building the model, its card: one FLOP trace), ``zoo_pass_forward``."""
+        zoo, part = self.zoo, self.part
+        lstsq = self.opts['stitch_init'] == 'lstsq'
+        n = int(self.opts['stitch_samples'])
+        g = torch.Generator().manual_seed(seed)  # the unit draws of the surrogate, in model and node order
+        store = FeatureStore(self.work_dir) if lstsq else None
+        scores = {}
+        build_s = forward_s = 0.0
+        task = prog.add('assemble: zoo pass (surrogate scores, stitch features)', len(part.models))
+        for name, mb in part.models.items():
+            t0 = time.perf_counter()
+            prog.update(task, description=f'assemble: zoo pass (building {name})')
+            if hasattr(zoo, 'is_built') and not zoo.is_built(name):
+                self._ours.add(name)
+            zm = zoo[name]
+            if list(zm.nodes) != list(mb.nodes):
+                from dery.partition.record import PartitionError
+                raise PartitionError(f"partition.json: the nodes of '{name}' differ from the zoo model's; "
+                                     'rerun tools/partition.py')
+            card = zoo.card(name) if hasattr(zoo, 'card') else zm
+            t1 = time.perf_counter()
+            prog.update(task, description=f'assemble: zoo pass ({name})')
+            ends = {b.end for b in mb.blocks[:-1]} if lstsq else set()
+            kernels, kept = NodeKernels(g), {node: [] for node in ends}
+            rows = [0]
+
+            def on_output(node, out, kernels=kernels, kept=kept, rows=rows):
+                kernels.add(node, out)
+                if node in kept and rows[0] < n:
+                    kept[node].append(out[:n - rows[0]])
+            # in batches of 16 (as the stitch features always were; outputs do not depend on the batch);
+            # a model whose forward draws random numbers (MAE's masking) draws the same whatever ran before
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(zlib.crc32(name.encode()))
+                for chunk in images.split(16):
+                    zm.node_outputs(chunk, on_output=on_output)
+                    rows[0] += len(chunk)
+            if lstsq:
+                feats = store.new(name, card.nodes)
+                for node, parts in kept.items():
+                    feats.put(node, torch.cat(parts))
+            scores.update(block_scores(name, card, mb.blocks, [kernels.kernel(x) for x in card.nodes]))
+            del zm, kernels, kept
+            self._release(name)
+            build_s += t1 - t0
+            forward_s += time.perf_counter() - t1
+            prog.advance(task)
+        self.times.update(zoo_pass_build_seconds=build_s, zoo_pass_forward_seconds=forward_s)
+        return scores, store
+
+    def _release(self, name):
+        if self.release and name in self._ours:
+            self._ours.discard(name)
+            self.zoo.release(name)
+
+    def hold(self, names):
+        """Keep the models ``names`` (a candidate's) built, release the others this context built."""
+        for name in list(self._ours):
+            if name not in names:
+                self._release(name)
+        if hasattr(self.zoo, 'is_built'):
+            self._ours.update(n for n in names if not self.zoo.is_built(n))
+
+    def close(self):
+        """Release the models this context built and remove the stitch features."""
+        self.hold(())
+        if self.features is not None:
+            self.features.close()
 
     def blocks(self, ids):
         return self.tables.blocks(ids)
 
     def build(self, ids):
         """``(model, fit errors)`` of the candidate ``ids``."""
+        self.hold({self.tables.by_id[i].model for i in ids})
         torch.manual_seed(self.proxy.seed)  # a random stitch init is part of the candidate
         net = network_options(self.opts)
         return build_classifier(self.blocks(ids), self.zoo, self.model_cfg, self.opts['stitch_init'],

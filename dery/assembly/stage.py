@@ -18,6 +18,7 @@ import torch
 from dery.models import model_complexity
 from dery.registry import SOLVERS
 from dery.utils import atomic_write, get_logger, record_timings, safe_torch_load, to_plain
+from dery.utils.progress import Progress
 from dery.utils.stamp import Stamp
 from dery.zoo import count_params
 from .config import assembled_config_text
@@ -93,10 +94,26 @@ def run_assembly(cfg, work_dir, zoo, part, partition_stamp, force=False):
             return existing
         logger.info(f'assemble: {why}; recomputing')
     t0 = time.perf_counter()
-    ctx = AssemblyContext(cfg, zoo, part)
+    ctx = AssemblyContext(cfg, zoo, part, progress=True, work_dir=work_dir)
+    try:
+        return _solve_and_write(cfg, work_dir, zoo, ctx, stamp, out_path, t0)
+    finally:
+        ctx.close()
+
+
+def _solve_and_write(cfg, work_dir, zoo, ctx, stamp, out_path, t0):
+    logger = get_logger()
     problem, tables, proxy, opts = ctx.problem, ctx.tables, ctx.proxy, ctx.opts
     solver = SOLVERS.build(to_plain(cfg.solver))
-    result = solver.solve(problem, score_fn=ctx.score_fn)
+    with Progress() as prog:
+        task = prog.add('assemble: proxy evaluations (whole networks)', getattr(solver, 'top_m', None))
+
+        def score_fn(ids):
+            value = ctx.score_fn(ids)
+            prog.advance(task)
+            return value
+        result = solver.solve(problem, score_fn=score_fn)
+    t_final = time.perf_counter()
     best = result.best
     model, errors = ctx.build(best.candidate_ids)
     params, flops = _check_measured(model, ctx.input_size, (best.params, best.flops))
@@ -107,7 +124,7 @@ def run_assembly(cfg, work_dir, zoo, part, partition_stamp, force=False):
     for cid, state in zip(best.candidate_ids, problem.walk(best.candidate_ids)):
         c = tables.by_id[cid]
         blocks.append(AssemblyBlock(model=c.model, start=c.start, end=c.end, set=c.set, position=c.position,
-                                    family=zoo[c.model].family, params=c.params,
+                                    family=zoo.card(c.model).family, params=c.params,
                                     flops=c.flops if state is None else problem.states.block[(cid, state)][1]))
     record = _record(model, blocks, errors, opts, ctx.input_size, zoo, params, flops, stamp,
                      proxy=dict(type=ctx.proxy_cfg['type'], score=best.proxy_score, num_batches=proxy.num_batches,
@@ -120,10 +137,12 @@ def run_assembly(cfg, work_dir, zoo, part, partition_stamp, force=False):
                      surrogate=dict(type='naswot_block_logdet',
                                     scores={k: round(v, 6) for k, v in sorted(ctx.scores.items())}),
                      seed=proxy.seed)
-    record_timings(work_dir, 'assemble', solver_seconds=round(result.seconds, 3),
+    _write(cfg, work_dir, model, record, stamp, proxy.seed)
+    steps = {k: round(v, 3) for k, v in ctx.times.items()}
+    record_timings(work_dir, 'assemble', solver_seconds=round(result.seconds, 3), **steps,
+                   final_build_and_write_seconds=round(time.perf_counter() - t_final, 3),
                    total_seconds=round(time.perf_counter() - t0, 3),
                    **{k: v for k, v in result.info.items() if 'second' in k})
-    _write(cfg, work_dir, model, record, stamp, proxy.seed)
     logger.info(f'assemble: wrote {out_path} ({params / 1e6:.3f}M params, {flops / 1e9:.4f}G FLOPs, '
                 f'proxy {record.proxy["score"]}, {result.num_proxy_evals} proxy evals)')
     return record

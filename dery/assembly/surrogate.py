@@ -5,10 +5,65 @@ kernel of the block's node outputs inside its source model, on the target
 batches. NASWOT is not additive over blocks, but a block whose units separate
 the target samples well keeps doing so after stitching; the whole-model proxy
 re-ranks the ILP's top-M solutions, which corrects the surrogate's error.
+
+The kernels are made node by node while the model runs (:func:`node_kernel`
+on each node output as it appears, or :class:`NodeKernels` over small
+batches), so a model's node outputs are never held all at once;
+:class:`~dery.assembly.AssemblyContext` makes them in the same forward pass
+that captures the stitch features.
 """
 import torch
 
-__all__ = ['naswot_block_scores']
+__all__ = ['naswot_block_scores', 'node_kernel', 'block_scores', 'NodeKernels']
+
+
+@torch.no_grad()
+def node_kernel(out, generator, max_units=65536):
+    """The NASWOT kernel ``[n, n]`` of one node output ``[n, ...]`` (at most ``max_units`` units, drawn
+    with ``generator``: the draws follow the order of the calls)."""
+    codes = (out.flatten(1) > 0).float()
+    if codes.shape[1] > max_units:
+        codes = codes[:, torch.randperm(codes.shape[1], generator=generator)[:max_units]]
+    return codes @ codes.T + (1 - codes) @ (1 - codes).T
+
+
+class NodeKernels:
+    """The :func:`node_kernel` of every node of one model, from its node outputs given chunk by chunk
+    (rows: samples, in order). The unit draws happen at a node's first chunk, in node order, as
+    :func:`node_kernel` would draw them on the whole batch; the sign codes are kept as booleans, so a
+    model runs over the target images in small batches (memory: one small batch's activations)."""
+
+    def __init__(self, generator, max_units=65536):
+        self.g, self.max_units = generator, max_units
+        self._perm, self._codes = {}, {}
+
+    @torch.no_grad()
+    def add(self, node, out):
+        flat = out.flatten(1)
+        if node not in self._perm:
+            self._perm[node] = torch.randperm(flat.shape[1], generator=self.g)[:self.max_units] \
+                if flat.shape[1] > self.max_units else None
+            self._codes[node] = []
+        perm = self._perm[node]
+        self._codes[node].append((flat if perm is None else flat[:, perm]) > 0)
+
+    @torch.no_grad()
+    def kernel(self, node):
+        codes = torch.cat(self._codes.pop(node)).float()
+        return codes @ codes.T + (1 - codes) @ (1 - codes).T
+
+
+@torch.no_grad()
+def block_scores(name, zm, blocks, kernels):
+    """``{'name:j': score}`` from the node ``kernels`` (in node order) of model ``zm`` (a ZooModel or
+    ZooCard) for its partition ``blocks``."""
+    scores = {}
+    for j, b in enumerate(blocks):
+        s, e = zm.index(b.start), zm.index(b.end)
+        k = sum(kernels[s:e + 1]).double()
+        k = k + 1e-3 * torch.eye(k.shape[0], dtype=k.dtype)
+        scores[f'{name}:{j}'] = float(torch.linalg.slogdet(k)[1])
+    return scores
 
 
 @torch.no_grad()
@@ -18,16 +73,7 @@ def naswot_block_scores(part, zoo, images, max_units=65536, seed=0):
     scores = {}
     for name, mb in part.models.items():
         zm = zoo[name]
-        outs = zm.node_outputs(images)
-        kernels = []
-        for node in zm.nodes:
-            codes = (outs[node].flatten(1) > 0).float()
-            if codes.shape[1] > max_units:
-                codes = codes[:, torch.randperm(codes.shape[1], generator=g)[:max_units]]
-            kernels.append(codes @ codes.T + (1 - codes) @ (1 - codes).T)
-        for j, b in enumerate(mb.blocks):
-            s, e = zm.index(b.start), zm.index(b.end)
-            k = sum(kernels[s:e + 1]).double()
-            k = k + 1e-3 * torch.eye(k.shape[0], dtype=k.dtype)
-            scores[f'{name}:{j}'] = float(torch.linalg.slogdet(k)[1])
+        kernels = {}
+        zm.node_outputs(images, on_output=lambda node, out: kernels.__setitem__(node, node_kernel(out, g, max_units)))
+        scores.update(block_scores(name, zm, mb.blocks, [kernels[n] for n in zm.nodes]))
     return scores

@@ -81,7 +81,7 @@ class AssemblyTables:
             return
         self.k = part.num_sets
         for name, mb in part.models.items():
-            zm = zoo[name]
+            zm = self._card(name)
             for j, b in enumerate(mb.blocks):
                 s, e = zm.index(b.start), zm.index(b.end)
                 self.candidates.append(Candidate(
@@ -95,7 +95,7 @@ class AssemblyTables:
         candidate per position, so :meth:`problem` costs exactly that network."""
         tables = cls(None, zoo, model_cfg, options)
         for k, b in enumerate(blocks):
-            zm = zoo[b['model']]
+            zm = tables._card(b['model'])
             s, e = zm.index(b['start']), zm.index(b['end'])
             c = Candidate(id=f'{k}:{zm.name}', model=zm.name, start=zm.nodes[s], end=zm.nodes[e], set=None,
                           position=k, params=zm.params(s, e), flops=zm.flops(s, e))
@@ -107,8 +107,14 @@ class AssemblyTables:
         return tables
 
     # ------------------------------------------------------------------ pieces
+    def _card(self, name):
+        """What the tables read of a zoo model (nodes, layouts, params, FLOPs): its
+        :class:`~dery.zoo.ZooCard` when the zoo keeps cards (the model need not stay built), else the model."""
+        card = getattr(self.zoo, 'card', None)
+        return card(name) if card is not None else self.zoo[name]
+
     def _span(self, c):
-        zm = self.zoo[c.model]
+        zm = self._card(c.model)
         return zm, zm.index(c.start), zm.index(c.end)
 
     def _consecutive(self, a, b):
@@ -168,9 +174,9 @@ class AssemblyTables:
 
     # ------------------------------------------------------------------ 'chain'
     def block_at(self, c, grid):
-        """``(out TensorSpec, flops)`` of candidate ``c`` run on an input of size ``grid``."""
-        zm, s, e = self._span(c)
-        return zm.cut_at(s, e, grid)
+        """``(out TensorSpec, flops)`` of candidate ``c`` run on an input of size ``grid`` (runs the model)."""
+        _, s, e = self._span(c)
+        return self.zoo[c.model].cut_at(s, e, grid)
 
     def chain_edge(self, a, grid, b):
         """``(params, flops, b's input grid)`` of the stitch from ``a`` (run at ``grid``) into ``b``,

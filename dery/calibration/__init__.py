@@ -8,13 +8,25 @@
 
 A stage package above :mod:`dery.assembly` (it builds candidates through ``AssemblyContext``); the user
 function is :func:`dery.apis.calibrate`, the tool ``tools/analysis_tools/proxy_calibration.py``.
+Importing the package is light: the names below load their module on first use.
 """
-from .core import DEFAULT_OPTIONS, Calibration, calibration_options, proxy_configs
-from .report import combine, combined_markdown
-from .runs import cached_run, make_run, serial_executor, train_run
-from .sampling import feasible_assemblies, sample_assemblies
-from .stats import bootstrap_interval, kendall_tau, rank_agreement, spearman_rho
+import importlib
 
-__all__ = ['Calibration', 'DEFAULT_OPTIONS', 'calibration_options', 'proxy_configs', 'combine',
-           'combined_markdown', 'cached_run', 'make_run', 'serial_executor', 'train_run', 'feasible_assemblies',
-           'sample_assemblies', 'bootstrap_interval', 'kendall_tau', 'rank_agreement', 'spearman_rho']
+_NAMES = dict(
+    Calibration='core', DEFAULT_OPTIONS='core', calibration_options='core', proxy_configs='core',
+    combine='report', combined_markdown='report',
+    RunPool='runs', cached_run='runs', make_run='runs', serial_executor='runs', train_run='runs',
+    feasible_assemblies='sampling', sample_assemblies='sampling',
+    bootstrap_interval='stats', kendall_tau='stats', rank_agreement='stats', spearman_rho='stats')
+
+__all__ = list(_NAMES)
+
+
+def __getattr__(name):
+    if name in _NAMES:
+        return getattr(importlib.import_module(f'.{_NAMES[name]}', __name__), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

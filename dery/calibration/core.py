@@ -20,7 +20,6 @@ demo) can train the runs::
 import copy
 import dataclasses
 import hashlib
-import math
 import os
 import os.path as osp
 import re
@@ -33,7 +32,7 @@ from .sampling import sample_assemblies
 from .stats import rank_agreement
 
 __all__ = ['Calibration', 'DEFAULT_OPTIONS', 'calibration_options', 'proxy_configs', 'weights_digest',
-           'sample_name']
+           'sample_name', 'reset_head']
 
 #: ``cfg.calibration`` defaults
 DEFAULT_OPTIONS = dict(num_samples=12, seed=0, seeds=[0], proxies=None, max_iters=None, num_bootstrap=2000,
@@ -42,6 +41,30 @@ DEFAULT_OPTIONS = dict(num_samples=12, seed=0, seeds=[0], proxies=None, max_iter
 SHARED_PROXY_KEYS = ('num_batches', 'batch_size', 'seed', 'device')
 #: format of calibration.json
 FORMAT = 1
+#: how the proxy scores are made (in their cache key): 2 = the head re-initialised (:func:`reset_head`)
+SCORE_FORMAT = 2
+
+
+def reset_head(model, seed):
+    """Re-initialise the classifier head of a built candidate from ``seed`` alone.
+
+    ``AssemblyContext.build`` seeds the global RNG before it builds, but building zoo models that are not
+    built yet (a context releases the models of the previous candidate) draws from it too, so the head's
+    random init depends on which network was built before. The gradient proxies (SynFlow, SNIP, GradNorm,
+    Fisher, Jacov) read the logits, hence the head: without this a sample's scores would depend on its
+    place in the order. Fine-tuning never sees this head (the runs load the backbone only).
+    """
+    import torch
+    head = getattr(model, 'head', None)
+    if head is None:
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        for m in head.modules():
+            if hasattr(m, 'reset_parameters'):
+                m.reset_parameters()
+        if hasattr(head, 'init_weights'):
+            head.init_weights()
 
 
 def calibration_options(cfg, **overrides):
@@ -157,6 +180,7 @@ class Sample:
     errors: dict = dataclasses.field(default_factory=dict)    # proxy label -> error text
     init: str = None       # the init weights file
     init_digest: str = None
+    out_channels: int = None  # of the last block (the head's input)
 
     @property
     def cross_family(self):
@@ -191,6 +215,7 @@ class Calibration:
         target = to_plain(cfg.target)
         self.task = task or (target.get('dataset') or {}).get('type', 'target')
         self.samples, self.runs = [], []
+        self.proxy_seed = int(to_plain(cfg.proxy).get('seed', 0))
         self.proxy_seconds = {}
         self.ctx = None
         self.logger = get_logger()
@@ -198,10 +223,7 @@ class Calibration:
     # ------------------------------------------------------------------ phase 1
     def prepare(self, log=None):
         """Sample, build, save the init weights, score with every proxy; fill ``samples`` and ``runs``."""
-        import torch
-
         from dery.assembly import AssemblyContext
-        from dery.registry import PROXIES
         log = log or self.logger.info
         t0 = time.perf_counter()
         os.makedirs(osp.join(self.out_dir, 'init'), exist_ok=True)
@@ -209,8 +231,20 @@ class Calibration:
         # (dery.models.model_complexity on a built candidate does), which changes the features the stitches
         # are fitted on: the candidates are built from the zoo as it is built
         for name in self.part.models:
-            self.zoo[name].model.eval()
+            if not hasattr(self.zoo, 'is_built') or self.zoo.is_built(name):
+                self.zoo[name].model.eval()
         self.ctx = ctx = AssemblyContext(self.cfg, self.zoo, self.part)
+        try:
+            self._prepare(ctx, log, t0)
+        finally:
+            if hasattr(ctx, 'close'):  # built models released, temporary stitch features removed
+                ctx.close()
+        return self
+
+    def _prepare(self, ctx, log, t0):
+        import torch
+
+        from dery.registry import PROXIES
         problem = ctx.problem
         ranked = [tuple(c['candidate_ids']) for c in self.assembly.candidates] if self.opts['include_top_m'] else []
         ranked = [ids for ids in ranked if all(i in problem.by_id for i in ids)]
@@ -227,15 +261,18 @@ class Calibration:
             name = sample_name(problem, ids)
             cands = [problem.by_id[i] for i in ids]
             blocks = [dict(model=c.model, start=c.start, end=c.end, set=c.set, position=c.position,
-                           family=self.zoo[c.model].family) for c in cands]
+                           family=self.zoo.entries[c.model].family) for c in cands]
             params, flops = problem.cost(ids)
             source = 'solver' if ids == chosen else ('top-M' if how == 'include' else 'random')
             s = Sample(name=name, ids=tuple(ids), source=source, blocks=blocks,
                        families=list(dict.fromkeys(b['family'] for b in blocks)), params=int(params),
                        flops=int(flops), ilp_rank=ranked.index(ids) if ids in ranked else None)
             model, _ = ctx.build(ids)
+            reset_head(model, self.proxy_seed)
+            s.out_channels = int(model.backbone.out_specs[-1].channels)
             state = model.state_dict()
-            s.init_digest = weights_digest(state)
+            # the runs load the backbone only (init_cfg prefix 'backbone.'): its weights key them
+            s.init_digest = weights_digest({k: v for k, v in state.items() if k.startswith('backbone.')})
             s.init = osp.join(self.out_dir, 'init', f'{name}.pth')
             if not osp.isfile(s.init) or cache.get(name, {}).get('init_digest') != s.init_digest:
                 tmp = f'{s.init}.{os.getpid()}.tmp'
@@ -245,7 +282,7 @@ class Calibration:
             entry = cache.get(name) if cache.get(name, {}).get('init_digest') == s.init_digest else None
             entry = entry or dict(init_digest=s.init_digest, scores={})
             for label, proxy in proxies.items():
-                pkey = run_key(dict(proxy=self.proxy_cfgs[label], batches=self._batches_key()))
+                pkey = run_key(dict(proxy=self.proxy_cfgs[label], batches=self._batches_key(), format=SCORE_FORMAT))
                 hit = entry['scores'].get(label)
                 if hit is not None and hit.get('key') == pkey:
                     s.scores[label], err = hit['score'], hit.get('error')
@@ -273,7 +310,8 @@ class Calibration:
         self.proxy_seconds = {label: (sum(v) / len(v) if v else None) for label, v in seconds.items()}
         self.runs = [self.run(s, seed) for s in self.samples for seed in self.opts['seeds']]
         n_cross = sum(s.cross_family for s in self.samples)
-        log(f'calibration ({self.task}): {len(self.samples)} assemblies ({sum(s.source != "random" for s in self.samples)} '
+        n_ranked = sum(s.source != 'random' for s in self.samples)
+        log(f'calibration ({self.task}): {len(self.samples)} assemblies ({n_ranked} '
             f'ranked by the solver, {n_cross} across families) scored by {len(proxies)} proxies in '
             f'{time.perf_counter() - t0:.1f} s; {len(self.runs)} fine-tunes')
         return self
@@ -295,7 +333,7 @@ class Calibration:
         record = dataclasses.replace(
             self.assembly, blocks=blocks, stitches=[None] * (len(blocks) - 1),
             zoo={m: self.zoo.entries[m].to_dict() for m in sample.models},
-            out_channels=self._out_channels(sample), params=sample.params, flops=sample.flops,
+            out_channels=sample.out_channels, params=sample.params, flops=sample.flops,
             candidates=[], surrogate={})
         use_assembly(cfg, record, None)
         cfg.model.backbone['init_cfg'] = dict(type='Pretrained', checkpoint=sample.init, prefix='backbone.')
@@ -305,11 +343,6 @@ class Calibration:
         elif (cfg.get('train_cfg') or {}).get('max_iters'):  # one validation, at the end (no curves needed)
             cfg.train_cfg = dict(cfg.train_cfg, val_interval=int(cfg.train_cfg.max_iters))
         return cfg
-
-    def _out_channels(self, sample):
-        last = sample.blocks[-1]
-        zm = self.zoo[last['model']]
-        return int(zm.out_spec(zm.index(last['end'])).channels)
 
     def run(self, sample, seed):
         """The run record of ``sample`` fine-tuned with ``seed`` (in ``WORK_DIR/calibration/runs``)."""
@@ -350,8 +383,11 @@ class Calibration:
             if valid:
                 p = max(valid, key=lambda r: r['scores'][label])
                 pick = dict(name=p['name'], top1=p['top1_mean'], regret=best_ranked['top1_mean'] - p['top1_mean'])
+            within = rank_agreement([r['scores'].get(label) for r in ranked], [r['top1_mean'] for r in ranked],
+                                    self.opts['num_bootstrap'], self.opts['level'], self.opts['seed'])
             table[label] = dict(agree, config=self.proxy_cfgs[label], seconds=self.proxy_seconds.get(label),
-                                failed=sum(r['scores'].get(label) is None for r in rows), pick_top_m=pick)
+                                failed=sum(r['scores'].get(label) is None for r in rows), pick_top_m=pick,
+                                top_m=dict(n=within['n'], tau=within['tau'], tau_ci=within['tau_ci']))
         record = dict(
             format=FORMAT, task=self.task, work_dir=self.work_dir, num_samples=len(rows),
             options={k: v for k, v in self.opts.items()}, proxy=to_plain(self.cfg.proxy),
@@ -371,7 +407,3 @@ class Calibration:
 
 def _file_label(label):
     return re.sub(r'[^A-Za-z0-9._-]+', '_', str(label))
-
-
-def finite(v):
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)

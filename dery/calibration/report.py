@@ -34,7 +34,7 @@ def md_table(header, rows):
     return '\n'.join(lines)
 
 
-AGREEMENT_COLUMNS = ('proxy', "Kendall's tau [95% CI]", "Spearman's rho [95% CI]",
+AGREEMENT_COLUMNS = ('proxy', "Kendall's tau [95% CI]", "Spearman's rho [95% CI]", "tau within the solver's top-M",
                      "pick among the solver's top-M: top-1 (regret)", 's / network', 'failed')
 
 
@@ -56,7 +56,9 @@ def agreement_rows(record):
         else:
             pick_text = f'{pick["top1"]:.2f} (best)'
         sec = t.get('seconds')
-        rows.append((label, fmt_ci(t['tau'], t['tau_ci']), fmt_ci(t['rho'], t['rho_ci']), pick_text,
+        top = t.get('top_m') or {}
+        rows.append((label, fmt_ci(t['tau'], t['tau_ci']), fmt_ci(t['rho'], t['rho_ci']),
+                     fmt_ci(top.get('tau'), top.get('tau_ci')), pick_text,
                      '-' if sec is None else f'{sec:.2f}', t.get('failed', 0)))
     return rows
 
@@ -84,9 +86,10 @@ def describe(record):
             f'fine-tuned with the config\'s schedule ({sch["max_iters"]} iterations, seed(s) {seeds}; top-1 on '
             f'the test split after the last iteration). Kendall\'s tau-b and Spearman\'s rho between each '
             f'proxy\'s score and the fine-tuned top-1 (mean over seeds), with {int(100 * opts["level"])}% '
-            f'percentile bootstrap intervals ({opts["num_bootstrap"]} resamples of the assemblies). "Pick": the '
-            'top-1 of the assembly the proxy ranks first among the solver\'s top-M (what the solver would '
-            'return with that proxy) and how far it is below the best of them.')
+            f'percentile bootstrap intervals ({opts["num_bootstrap"]} resamples of the assemblies); the same tau '
+            'within the solver\'s top-M only (the candidates the proxy re-ranks). "Pick": the top-1 of the assembly the '
+            'proxy ranks first among the solver\'s top-M (what the solver would return with that proxy) and how '
+            'far it is below the best of them.')
 
 
 def write_markdown(record, path):
@@ -143,14 +146,14 @@ def _scatter(ax, record, label):
     ax.grid(alpha=0.3)
 
 
-def _legend(fig_or_ax):
+def _legend(fig_or_ax, **kw):
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], marker='*', ls='', c='grey', ms=11, label="solver's answer"),
                Line2D([], [], marker='o', ls='', c='grey', ms=6, label="solver's top-M"),
                Line2D([], [], marker='^', ls='', c='grey', ms=6, label='random feasible'),
                Line2D([], [], marker='s', ls='', c='#1f77b4', ms=6, label='one family'),
                Line2D([], [], marker='s', ls='', c='#d62728', ms=6, label='across families')]
-    fig_or_ax.legend(handles=handles, fontsize=7, loc='lower right')
+    fig_or_ax.legend(handles=handles, fontsize=7, **(kw or dict(loc='best')))
 
 
 def plot_scatters(record, out_dir):
@@ -182,10 +185,10 @@ def plot_scatters(record, out_dir):
         _scatter(ax, record, label)
     for ax in axes.ravel()[len(labels):]:
         ax.axis('off')
-    _legend(axes.ravel()[0])
+    _legend(fig, loc='lower center', ncol=5, frameon=False)
     fig.suptitle(f'proxy score vs fine-tuned top-1: {record["task"]} ({record["num_samples"]} assemblies)',
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 / rows, 1, 1))
     path = osp.join(out_dir, GRID_PLOT)
     with atomic_write(path, 'wb') as f:
         fig.savefig(f, format='png', dpi=90)

@@ -28,7 +28,8 @@ def result_rows(ft):
     if ft.cross is not None:
         s = ft.cross['sample']
         rows.append(dict(label=f'best cross-family assembly ({"+".join(s.families)})', kind='cross',
-                         init='zoo blocks + fitted stitches', params=s.params, flops=s.flops, runs=ft.cross_names, assembly=s.name,
+                         init='zoo blocks + fitted stitches', params=s.params, flops=s.flops, runs=ft.cross_names,
+                         assembly=s.name,
                          families=s.families, blocks=s.blocks))
     rows += ft.zoo_rows
     for r in rows:

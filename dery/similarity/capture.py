@@ -100,10 +100,11 @@ def capture_nodes(zoo_model, inputs, pooling):
     size = tuple(zoo_model.input_size[1:])
     if tuple(x.shape[2:]) != size:
         x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
-    with torch.no_grad():
-        outs = zoo_model.node_outputs(x)
     spec = zoo_model.out_spec(-1)  # family and prefix tokens are the model's
-    return [spec.pool(o, pooling) for o in outs.values()]
+    pooled = []
+    with torch.no_grad():  # pooled as each node output appears: the outputs are never all held at once
+        zoo_model.node_outputs(x, on_output=lambda node, out: pooled.append(spec.pool(out, pooling)))
+    return pooled
 
 
 # --------------------------------------------------------------------------

@@ -67,6 +67,7 @@ from dery.errors import ConfigError
 from dery.registry import SIMILARITIES
 from dery.utils import atomic_save_json, atomic_write, file_digest, get_logger
 from dery.utils.dist import WorkQueue, broadcast, init_dist
+from dery.utils.progress import Progress
 from dery.utils.stamp import Stamp
 from .cache import FeatureCache, ProbeCache
 from .capture import FEATURE_FORMAT, ProbeSet, _model_device, capture_batch, digest, model_key
@@ -175,40 +176,7 @@ class SimilarityResult:
 # --------------------------------------------------------------------------
 # progress bar
 # --------------------------------------------------------------------------
-class _Progress:
-    """rich bars on rank 0 (counts, elapsed, ETA); no-ops elsewhere or when disabled."""
-
-    def __init__(self, enabled):
-        self._p = None
-        if enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-            self._p = Progress(TextColumn('{task.description}'), BarColumn(),
-                               MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-
-    def __enter__(self):
-        if self._p is not None:
-            self._p.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.stop()
-
-    def add(self, desc, total, completed=0):
-        return None if self._p is None else self._p.add_task(desc, total=total, completed=completed)
-
-    def advance(self, task, n=1):
-        if self._p is not None and task is not None:
-            self._p.advance(task, n)
-
-    def update(self, task, **kwargs):
-        if self._p is not None and task is not None:
-            self._p.update(task, **kwargs)
-
-    def remove(self, task):
-        if self._p is not None and task is not None:
-            self._p.remove_task(task)
+_Progress = Progress  # rich bars on rank 0 (counts, elapsed, ETA); no-ops elsewhere
 
 
 # --------------------------------------------------------------------------
@@ -405,8 +373,14 @@ class _Stage:
         t0 = time.perf_counter()
         last = start
         try:
+            seed = int(self.zoo.key(zm.name)[:8], 16)
+            cuda = [self.device.index or 0] if self.device.type == 'cuda' else []
             for t, x in probe.iter_batches(range(start, T)):
-                feats, dims = capture_batch(zm, x, self.metric.pooling, out_device=None, return_dims=True)
+                # a model whose forward draws random numbers (e.g. MAE's token masking) sees the same ones
+                # whatever ran before it, on whichever rank, resumed or not: seeded by model and batch
+                with torch.random.fork_rng(devices=cuda):
+                    torch.manual_seed(seed + t)
+                    feats, dims = capture_batch(zm, x, self.metric.pooling, out_device=None, return_dims=True)
                 if self.grams:
                     grams, scales, varying = self.metric.batch_grams(list(feats.split(dims, 1)))
                     b = grams.shape[1]

@@ -2,7 +2,7 @@
 from .adapters import (BaseZooAdapter, LocalAdapter, MMPretrainAdapter, TimmAdapter,
                        TorchvisionAdapter, WeightsUnavailableError, build_zoo_model)
 from .analysis import count_flops, count_params
-from .cache import ZooCache
+from .cache import ZooCache, ZooCard
 from .dissect import CallConvention, DissectionError, register_call_convention
 from .entry import ZooEntry, ZooError, default_zoo_path, entries_from_config, load_zoo, resolve_entry
 from .features import NodeFeatures, capture_node_features
@@ -14,5 +14,5 @@ __all__ = [
     'WeightsUnavailableError', 'build_zoo_model', 'count_flops', 'count_params', 'CallConvention',
     'DissectionError', 'register_call_convention', 'ZooEntry', 'ZooError', 'default_zoo_path',
     'load_zoo', 'resolve_entry', 'entries_from_config', 'FAMILIES', 'POOLINGS', 'TensorSpec',
-    'ZooModel', 'ZooCache', 'NodeFeatures', 'capture_node_features'
+    'ZooModel', 'ZooCache', 'ZooCard', 'NodeFeatures', 'capture_node_features'
 ]

@@ -19,6 +19,67 @@ def trim_memory():
         pass
 
 
+class ZooCard:
+    """What the stages need of a zoo model without its weights (the cost tables, layouts, records).
+
+    Made once from a built :class:`~dery.zoo.ZooModel` (:meth:`ZooCache.card`)
+    and kept after the model is released: name, nodes, family, input size,
+    prefix tokens, node shapes (so :meth:`in_spec` / :meth:`out_spec`), the
+    parameters of every node range, FLOPs per node and the stem's parameters
+    and FLOPs. Answers as the model's own methods do.
+    """
+
+    def __init__(self, zm):
+        self.name = zm.name
+        self.nodes = list(zm.nodes)
+        self.family = zm.family
+        self.input_size = tuple(zm.input_size)
+        self.num_prefix_tokens = zm.num_prefix_tokens
+        n = len(self.nodes)
+        self._shapes = [zm.shapes(i) for i in range(n)]
+        self._flops = zm._flop_table()  # the FLOP table a rebuilt model reuses (no second jit trace)
+        self._node_flops = [zm.flops(i, i) for i in range(n)]
+        self._params = {(i, j): zm.params(i, j) for i in range(n) for j in range(i, n)}
+        self._stem_params = zm.stem_params()
+
+    def index(self, node):
+        if isinstance(node, int):
+            if not -len(self.nodes) <= node < len(self.nodes):
+                raise IndexError(f'{self.name} has {len(self.nodes)} nodes; got index {node}')
+            return node % len(self.nodes)
+        try:
+            return self.nodes.index(node)
+        except ValueError:
+            raise KeyError(f'{self.name} has no node {node!r}; nodes: {self.nodes[0]} .. {self.nodes[-1]}') from None
+
+    def shapes(self, node):
+        return self._shapes[self.index(node)]
+
+    def in_spec(self, node):
+        from .layout import TensorSpec
+        return TensorSpec(self.family, self.shapes(node)[0], self.num_prefix_tokens)
+
+    def out_spec(self, node):
+        from .layout import TensorSpec
+        return TensorSpec(self.family, self.shapes(node)[1], self.num_prefix_tokens)
+
+    def params(self, start=0, end=-1):
+        return self._params[(self.index(start), self.index(end))]
+
+    def flops(self, start=0, end=-1):
+        i, j = self.index(start), self.index(end)
+        return sum(self._node_flops[i:j + 1])
+
+    def stem_params(self):
+        return self._stem_params
+
+    def stem_flops(self):
+        return self._flops['stem']
+
+    def __repr__(self):
+        return f'ZooCard({self.name!r}, family={self.family}, nodes={len(self.nodes)})'
+
+
 class ZooCache:
     """Builds each zoo model on first use; shapes, stems, cuts and features share it.
 
@@ -54,6 +115,7 @@ class ZooCache:
         self.models = {}
         self._added = set()
         self._nodes = {}
+        self._cards = {}
         #: True: the stages keep what they build (a later stage of the same run needs every model)
         self.keep_built = False
 
@@ -113,15 +175,29 @@ class ZooCache:
             self.release(name)
 
     def nodes(self, name):
-        """The node list of ``name``: remembered once the model was built, else built now."""
+        """The node list of ``name``: remembered once the model was built, else built now (and released
+        again unless it was built already)."""
         if name not in self._nodes:
+            built = self.is_built(name)
             self._nodes[name] = list(self[name].nodes)
+            if not built and not self.keep_built:
+                self.release(name)
         return list(self._nodes[name])
 
     def known_nodes(self, name):
         """The node list of ``name`` when known without building it, else None."""
         nodes = self._nodes.get(name)
         return None if nodes is None else list(nodes)
+
+    def card(self, name):
+        """The :class:`ZooCard` of ``name`` (made from the model, built now if need be; kept after
+        :meth:`release`). The caller releases a model it built only for its card."""
+        if name not in self._cards:
+            self._cards[name] = ZooCard(self[name])
+        return self._cards[name]
+
+    def has_card(self, name):
+        return name in self._cards
 
     def remember_nodes(self, name, nodes):
         """Record the node list of ``name`` learnt elsewhere (e.g. from a feature cache)."""
@@ -132,9 +208,13 @@ class ZooCache:
 
     def __getitem__(self, name):
         if name not in self.models:
-            self.models[name] = build_zoo_model(resolve_entry(name, self.entries), pretrained=self.pretrained,
-                                                input_size=self.input_size)
-            self._nodes.setdefault(name, list(self.models[name].nodes))
+            zm = build_zoo_model(resolve_entry(name, self.entries), pretrained=self.pretrained,
+                                 input_size=self.input_size)
+            card = self._cards.get(name)
+            if card is not None and list(zm.nodes) == card.nodes and zm._flops is None:
+                zm._flops = card._flops  # built again after a release: its FLOP table is known
+            self.models[name] = zm
+            self._nodes.setdefault(name, list(zm.nodes))
         return self.models[name]
 
     def __repr__(self):
@@ -142,4 +222,4 @@ class ZooCache:
                 f'pretrained={self.pretrained}, input_size={self.input_size})')
 
 
-__all__ = ['ZooCache', 'trim_memory']
+__all__ = ['ZooCache', 'ZooCard', 'trim_memory']

@@ -144,19 +144,29 @@ class ZooModel:
         return _copy.deepcopy(cut) if copy else cut
 
     # ------------------------------------------------------------------ capture
-    def node_outputs(self, x, nodes=None):
+    def node_outputs(self, x, nodes=None, on_output=None):
         """One forward pass; ``OrderedDict`` node -> output (canonical layout).
 
         The pass stops after the last requested node (the head never runs).
+        ``on_output(node, output)``: called for each requested node as soon as
+        its output exists, in node order; the outputs are then not kept (memory:
+        one node output at a time) and an empty dict is returned.
         """
         wanted = list(self.nodes) if nodes is None else [self.nodes[self.index(n)] for n in nodes]
         last = max(self.index(n) for n in wanted)
         outs, handles = {}, []
+        keep = set(wanted)
 
         def hook(name):
 
             def fn(mod, args, output):
-                outs[name] = convention_of(mod).canonical_output(mod, args, output)
+                if name in keep:
+                    out = convention_of(mod).canonical_output(mod, args, output)
+                    if on_output is None:
+                        outs[name] = out
+                    else:
+                        on_output(name, out)
+                        del out
                 if name == self.nodes[last]:
                     raise _StopForward(None)
             return fn
@@ -170,7 +180,7 @@ class ZooModel:
         finally:
             for h in handles:
                 h.remove()
-        return OrderedDict((n, outs[n]) for n in wanted)
+        return OrderedDict() if on_output is not None else OrderedDict((n, outs[n]) for n in wanted)
 
     # ------------------------------------------------------------------ sizes
     def shapes(self, node):

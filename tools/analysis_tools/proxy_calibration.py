@@ -68,12 +68,12 @@ def main(argv=None):
         check_config(cfg, 'assembly')  # every config error before any work
     records = []
     try:
-        for cfg in cfgs:
+        for path, cfg in zip(args.configs, cfgs):
             logger = stage_logger(cfg, 'calibration')
             options = dict(num_samples=args.num_samples, seed=args.seed, seeds=args.seeds, proxies=args.proxies,
                            max_iters=args.max_iters)
             rec = calibrate(cfg, cfg.work_dir, executor=pool, rerun=args.rerun, plots=not args.no_plots,
-                            log=logger.info, check=False, **options)
+                            log=logger.info, check=False, task=osp.splitext(osp.basename(path))[0], **options)
             records.append(rec)
             print(f'\n{rec["task"]} ({rec["num_samples"]} assemblies): {cfg.work_dir}/calibration/calibration.md')
             print(md_table(AGREEMENT_COLUMNS, agreement_rows(rec)))
