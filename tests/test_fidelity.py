@@ -303,3 +303,19 @@ def test_paper_dery_30m_rebuilt_to_its_published_size():
     parts = complexity_by_part(net, (3, 224, 224), ignore_ops=ATTENTION_OPS)
     flops = sum(parts[k][1] for k in ('stem', 'blocks', 'stitches', 'neck'))
     assert abs(flops / 4.47e9 - 1) < 0.02, flops
+
+
+def test_mae_zoo_model_sees_every_token():
+    """mmpretrain's MAEViT masks 75% of the tokens at random in forward(x); as a zoo model it runs unmasked
+    (the similarity, the stitches and the FLOPs see the network reassembled networks run)."""
+    init_default_scope('dery')
+    zoo = ZooCache([dict(name='mae', adapter='mmpretrain', family='vit', input_size=[3, 32, 32],
+                         model=dict(type='MAEViT', arch=dict(embed_dims=32, num_layers=2, num_heads=2,
+                                                             feedforward_channels=64),
+                                    img_size=32, patch_size=8))], pretrained=False, input_size=(3, 32, 32))
+    zm = zoo['mae']
+    x = torch.randn(2, 3, 32, 32)
+    a, b = zm.node_outputs(x), zm.node_outputs(x)
+    assert all(v.shape[1] == 17 for v in a.values())  # 16 patches + the class token
+    assert all(torch.equal(a[k], b[k]) for k in a)      # no random masking
+    assert zm.shapes(-1)[1] == (17, 32)

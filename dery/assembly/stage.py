@@ -78,21 +78,28 @@ def current_assembly(work_dir, stamp):
     return existing, None
 
 
+def _current_or_why(work_dir, stamp, force):
+    """``(path of assembly.json, its record when it is current)``; says why it is not reused."""
+    out_path = osp.join(work_dir, 'assembly.json')
+    if not force and osp.isfile(out_path):
+        existing, why = current_assembly(work_dir, stamp)
+        if existing is not None:
+            get_logger().info(f'assemble: reusing {out_path}')
+            return out_path, existing
+        get_logger().info(f'assemble: {why}; recomputing')
+    return out_path, None
+
+
 def run_assembly(cfg, work_dir, zoo, part, partition_stamp, force=False):
     """Solve the reassembly of ``part`` over ``zoo``; write and return the :class:`Assembly`.
 
     ``partition_stamp``: the :class:`~dery.utils.stamp.Stamp` ``part`` was made
     with (the assembly is redone when it changes).
     """
-    logger = get_logger()
-    out_path = osp.join(work_dir, 'assembly.json')
     stamp = assembly_stamp(cfg, partition_stamp)
-    if not force and osp.isfile(out_path):
-        existing, why = current_assembly(work_dir, stamp)
-        if existing is not None:
-            logger.info(f'assemble: reusing {out_path}')
-            return existing
-        logger.info(f'assemble: {why}; recomputing')
+    out_path, existing = _current_or_why(work_dir, stamp, force)
+    if existing is not None:
+        return existing
     t0 = time.perf_counter()
     ctx = AssemblyContext(cfg, zoo, part, progress=True, work_dir=work_dir)
     try:
@@ -199,14 +206,10 @@ def run_fixed_assembly(cfg, zoo, work_dir, force=False):
     ``assembled_init.pth``); stitches are fitted only with ``stitch_init='lstsq'`` (then on
     ``stitch_samples`` images of ``target.dataset``)."""
     logger = get_logger()
-    out_path = osp.join(work_dir, 'assembly.json')
     stamp = fixed_assembly_stamp(cfg, zoo)
-    if not force and osp.isfile(out_path):
-        existing, why = current_assembly(work_dir, stamp)
-        if existing is not None:
-            logger.info(f'assemble: reusing {out_path}')
-            return existing
-        logger.info(f'assemble: {why}; recomputing')
+    out_path, existing = _current_or_why(work_dir, stamp, force)
+    if existing is not None:
+        return existing
     t0 = time.perf_counter()
     opts = check_assembly_options(cfg.get('assembly'))
     model_cfg = to_plain(cfg.model)

@@ -20,7 +20,7 @@ import sys
 import time
 
 __all__ = ['RESULT_FILE', 'run_key', 'job_config', 'make_run', 'cached_run', 'train_run', 'find_scalars',
-           'read_scalars', 'serial_executor', 'RunPool', 'quiet_config_format']
+           'read_scalars', 'serial_executor', 'RunPool', 'quiet_config_format', 'init_worker']
 
 RESULT_FILE = 'run_result.json'
 
@@ -144,7 +144,9 @@ def quiet_config_format():
     mmcfg.FormatCode = lambda text, *a, **k: (text, False)
 
 
-def _pool_init(log_dir, threads):
+def init_worker(log_dir, threads):
+    """A training worker process: ``threads`` torch threads, its console into
+    ``log_dir/worker_<pid>.log``, Ctrl-C left to the parent, the Runner's config formatting off."""
     import torch
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
@@ -169,7 +171,7 @@ class RunPool:
     def __init__(self, jobs, log_dir, threads=1):
         self.log_dir = log_dir
         self.jobs = int(jobs)
-        self.pool = mp.get_context('fork').Pool(self.jobs, initializer=_pool_init, initargs=(log_dir, int(threads)))
+        self.pool = mp.get_context('fork').Pool(self.jobs, initializer=init_worker, initargs=(log_dir, int(threads)))
 
     def __call__(self, runs, rerun=False, log=None):
         from dery.errors import DeryError

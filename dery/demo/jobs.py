@@ -14,14 +14,12 @@ The progress bars of the parent read a shared array of iteration counters,
 one slot per job (:class:`Pool` creates it, the forked workers inherit it).
 """
 import multiprocessing as mp
-import os
 import os.path as osp
-import signal
 import sys
 import time
 
-from dery.calibration.runs import (cached_run, find_scalars, job_config, make_run, quiet_config_format, read_scalars,
-                                   run_key, train_run)
+from dery.calibration.runs import (cached_run, find_scalars, init_worker, job_config, make_run, read_scalars, run_key,
+                                   train_run)
 
 __all__ = ['digest', 'job_config', 'Pool', 'cached_result', 'for_root', 'counter_hook', 'find_scalars', 'read_scalars']
 
@@ -64,17 +62,9 @@ def counter_hook(counters, slot):
 
 def _worker_init(log_dir, threads, counters):
     """Each worker: one torch thread pool of ``threads``, its console into a log file, Ctrl-C to the parent."""
-    import torch
     global _COUNTERS
     _COUNTERS = counters
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(threads)
-    os.makedirs(log_dir, exist_ok=True)
-    f = open(osp.join(log_dir, f'worker_{os.getpid()}.log'), 'a', buffering=1)
-    os.dup2(f.fileno(), 1)
-    os.dup2(f.fileno(), 2)
-    sys.stdout = sys.stderr = f
-    quiet_config_format()
+    init_worker(log_dir, threads)
 
 
 def _run_job(job):

@@ -446,6 +446,6 @@ def print_summary(console, results, report_path):
         parts = []
         for r in C['combined']['rows'][:3]:
             parts.append(f'{r["proxy"]} ' + '/'.join(f'{p["tau"]:+.2f}' for p in r['per_task']))
-        console.print(f'NOTE   Proxy calibration (Kendall tau, {" / ".join(C["combined"]["tasks"])}): '
+        console.print(f'NOTE  Proxy calibration (Kendall tau, {" / ".join(C["combined"]["tasks"])}): '
                       + ', '.join(parts) + f'; best: {C["chosen"]}, the solver used {C["used"]["type"]}.')
     console.print(f'Report: {report_path}  (total {results["seconds_total"]:.1f} s)')

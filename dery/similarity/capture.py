@@ -29,8 +29,8 @@ from dery.errors import ConfigError
 #: gives no ``data_preprocessor``.
 DEFAULT_PREPROCESSOR = dict(type='ClsDataPreprocessor', mean=[123.675, 116.28, 103.53],
                             std=[58.395, 57.12, 57.375], to_rgb=True)
-#: Bump when the meaning of cached features changes.
-FEATURE_FORMAT = 1
+#: Bump when the meaning of cached features changes (2: MAE-style backbones unmasked, seeded forwards, #16).
+FEATURE_FORMAT = 2
 
 
 def _json(obj):

@@ -24,8 +24,9 @@ __all__ = ['STAGE_VERSIONS', 'Stamp', 'canonical', 'digest', 'file_identity']
 
 #: Algorithm version of each stage; bump when the maths of a stage changes its outputs.
 # similarity/partition 3: timm MobileNetV3's blocks.6 became a node (#13); assembly 3: nodes shared by two
-# blocks are copied, chain resolution, stem and stitch forms (#13)
-STAGE_VERSIONS = dict(similarity=3, partition=3, assembly=3)
+# blocks are copied, chain resolution, stem and stitch forms (#13); all 4: mmpretrain's masked-image-modelling
+# backbones (MAE) run unmasked, models whose forward draws random numbers are seeded per model and batch (#16)
+STAGE_VERSIONS = dict(similarity=4, partition=4, assembly=4)
 
 
 def canonical(obj):

@@ -164,6 +164,22 @@ class TimmAdapter(BaseZooAdapter):
         return tuple(cfg.get('input_size', (3, 224, 224)))
 
 
+def _unmasked(backbone):
+    """mmpretrain's masked-image-modelling backbones (``MAEViT``, ``MFFViT``, ...) hide 75% of the tokens at
+    random in ``forward(x)`` (their pre-training task) unless called with ``mask=None``. A zoo model computes
+    the network's function on the whole image (the blocks it gives run on all tokens in a reassembled
+    network), so its forward is bound to ``mask=None``."""
+    import functools
+    import inspect
+    try:
+        mask = inspect.signature(backbone.forward).parameters.get('mask')
+    except (TypeError, ValueError):
+        return backbone
+    if mask is not None and mask.default is True:
+        backbone.forward = functools.partial(type(backbone).forward, backbone, mask=None)
+    return backbone
+
+
 @ZOO_ADAPTERS.register_module(name='mmpretrain')
 class MMPretrainAdapter(BaseZooAdapter):
     """mmpretrain models; the backbone is returned (heads are not reused)."""
@@ -184,7 +200,7 @@ class MMPretrainAdapter(BaseZooAdapter):
             model = mmpretrain.get_model(entry.model, pretrained=False, **kwargs)
             if pretrained:
                 model = self._load(model, entry)
-        return getattr(model, 'backbone', model)
+        return _unmasked(getattr(model, 'backbone', model))
 
     def _load(self, model, entry):
         from mmengine.runner import load_checkpoint

@@ -1,22 +1,9 @@
 """``ZooCache``: the zoo models of one run, built on demand, shared by every stage, released when done."""
-import gc
+from dery.utils.memory import trim_memory
 
 from .adapters import build_zoo_model
 from .entry import ZooEntry, entries_from_config, load_zoo, resolve_entry
-
-
-def trim_memory():
-    """Collect garbage and hand freed heap memory back to the OS (glibc ``malloc_trim``).
-
-    Freed tensors below glibc's mmap threshold stay in the process's heap; after
-    releasing a model that would keep the resident size at its high-water mark.
-    """
-    gc.collect()
-    try:
-        import ctypes
-        ctypes.CDLL('libc.so.6').malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+from .zoo_model import node_index
 
 
 class ZooCard:
@@ -43,14 +30,7 @@ class ZooCard:
         self._stem_params = zm.stem_params()
 
     def index(self, node):
-        if isinstance(node, int):
-            if not -len(self.nodes) <= node < len(self.nodes):
-                raise IndexError(f'{self.name} has {len(self.nodes)} nodes; got index {node}')
-            return node % len(self.nodes)
-        try:
-            return self.nodes.index(node)
-        except ValueError:
-            raise KeyError(f'{self.name} has no node {node!r}; nodes: {self.nodes[0]} .. {self.nodes[-1]}') from None
+        return node_index(self.name, self.nodes, node)
 
     def shapes(self, node):
         return self._shapes[self.index(node)]
@@ -222,4 +202,4 @@ class ZooCache:
                 f'pretrained={self.pretrained}, input_size={self.input_size})')
 
 
-__all__ = ['ZooCache', 'ZooCard', 'trim_memory']
+__all__ = ['ZooCache', 'ZooCard']

@@ -12,6 +12,18 @@ from .dissect import (Cut, DissectionError, Stem, _StopForward, build_stem_shell
 from .layout import FAMILIES, TensorSpec
 
 
+def node_index(name, nodes, node):
+    """Index of ``node`` (a name or an int, negative counts from the end) in model ``name``'s ``nodes``."""
+    if isinstance(node, int):
+        if not -len(nodes) <= node < len(nodes):
+            raise IndexError(f'{name} has {len(nodes)} nodes; got index {node}')
+        return node % len(nodes)
+    try:
+        return nodes.index(node)
+    except ValueError:
+        raise KeyError(f'{name} has no node {node!r}; nodes: {nodes[0]} .. {nodes[-1]}') from None
+
+
 class ZooModel:
     """A zoo network, its nodes, and exact cuts between them.
 
@@ -105,15 +117,7 @@ class ZooModel:
 
     def index(self, node):
         """Index of ``node`` (a name or an int, negative counts from the end)."""
-        if isinstance(node, int):
-            if not -len(self.nodes) <= node < len(self.nodes):
-                raise IndexError(f'{self.name} has {len(self.nodes)} nodes; got index {node}')
-            return node % len(self.nodes)
-        try:
-            return self.nodes.index(node)
-        except ValueError:
-            raise KeyError(f'{self.name} has no node {node!r}; nodes: {self.nodes[0]} .. '
-                           f'{self.nodes[-1]}') from None
+        return node_index(self.name, self.nodes, node)
 
     def units(self, node):
         """Module names run for ``node``: glue attached in front of it, then the node."""
@@ -275,4 +279,4 @@ class ZooModel:
         return f'ZooModel({self.name!r}, {type(self.model).__name__}, family={fam}, nodes={len(self.nodes)})'
 
 
-__all__ = ['ZooModel', 'DissectionError', 'FAMILIES']
+__all__ = ['ZooModel', 'DissectionError', 'FAMILIES', 'node_index']
