@@ -202,8 +202,6 @@ def load_config(args, apply_work_dir=True):
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(getattr(args, 'local_rank', 0))
     setup_threads()
-    from dery.utils.memory import fix_mmap_threshold
-    fix_mmap_threshold()  # freed activations leave the process (dery/utils/memory.py)
     return cfg
 
 

@@ -211,35 +211,28 @@ def test_work_queue_and_threads(monkeypatch):
     assert threads_per_process() == (2, 'DERY_NUM_THREADS')
 
 
-_MMAP_PROBE = r"""
-import ctypes, sys
-from dery.utils.memory import fix_mmap_threshold
-class M(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks',
-                                               'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
-libc = ctypes.CDLL('libc.so.6')
-libc.mallinfo2.restype, libc.malloc.restype = M, ctypes.c_void_p
-print(fix_mmap_threshold() if sys.argv[1] == 'fixed' else False)
-libc.free(ctypes.c_void_p(libc.malloc(8 << 20)))  # a freed 8 MiB block raises glibc's dynamic threshold
-before = libc.mallinfo2().hblkhd
-p = libc.malloc(4 << 20)
-print(libc.mallinfo2().hblkhd - before >= 4 << 20)  # mapped on its own (True) or carved from the heap
-"""
-
-
-def test_fixed_mmap_threshold_maps_big_buffers(monkeypatch):
-    """The tools fix glibc's mmap threshold (dery/utils/memory.py): a buffer freed after a forward pass
-    leaves the process instead of raising the threshold and fragmenting the heap; glibc's own variable and
-    DERY_MALLOC=default opt out. In fresh processes (the heap of this one has free blocks of all sizes)."""
-    from dery.utils.memory import fix_mmap_threshold
-    _heap()  # skips without glibc >= 2.33
-    monkeypatch.setenv('DERY_MALLOC', 'default')
-    assert fix_mmap_threshold() is False
-    env = {k: v for k, v in os.environ.items() if k not in ('DERY_MALLOC', 'MALLOC_MMAP_THRESHOLD_')}
-    env['PYTHONPATH'] = ROOT
-    out = {mode: subprocess.run([sys.executable, '-c', _MMAP_PROBE, mode], env=env, capture_output=True,
-                                text=True, check=True).stdout.split() for mode in ('fixed', 'dynamic')}
-    assert out == {'fixed': ['True', 'True'], 'dynamic': ['False', 'False']}
+def test_trim_heap_returns_freed_heap_pages():
+    """After a forward pass the assembly stage trims the heap (dery/utils/memory.py): freed blocks below
+    glibc's mmap threshold leave the process (the heap's free bytes fall), nothing in use is touched."""
+    from dery.utils.memory import trim_heap
+    heap = _heap()  # skips without glibc >= 2.33
+    fn = ctypes.CDLL('libc.so.6').mallinfo2
+    fn.restype = _MallInfo2
+    libc = ctypes.CDLL('libc.so.6')
+    libc.malloc.restype = ctypes.c_void_p
+    blocks = [libc.malloc(64 << 10) for _ in range(256)]  # 16 MiB of heap blocks (below the threshold)
+    for b in blocks:
+        ctypes.memset(b, 1, 64 << 10)  # resident
+    keep = blocks[-1]
+    for b in blocks[:-1]:
+        libc.free(ctypes.c_void_p(b))
+    in_use = heap()
+    rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')  # noqa: E731
+    before = rss()
+    trim_heap()
+    assert abs(heap() - in_use) < 64 << 10  # nothing in use freed
+    assert before - rss() >= 8 << 20   # most of the 16 MiB went back to the OS
+    libc.free(ctypes.c_void_p(keep))
 
 
 def test_assembly_stage_holds_a_candidate_not_the_zoo(tmp_path):

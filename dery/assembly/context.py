@@ -11,6 +11,7 @@ from dery.models.backbone import RESOLUTIONS
 from dery.proxies import sample_batches
 from dery.registry import DATASETS, MODELS, PROXIES
 from dery.utils import to_plain
+from dery.utils.memory import trim_heap
 from dery.utils.progress import Progress
 from .features import FeatureStore
 from .surrogate import NodeKernels, block_scores
@@ -232,6 +233,7 @@ class AssemblyContext:
                 for chunk in images.split(16):
                     zm.node_outputs(chunk, on_output=on_output)
                     rows[0] += len(chunk)
+                    trim_heap()  # the batch's freed activations leave the process (dery/utils/memory.py)
             if lstsq:
                 feats = store.new(name, card.nodes)
                 for node, parts in kept.items():
@@ -277,4 +279,7 @@ class AssemblyContext:
 
     def score_fn(self, ids):
         model, _ = self.build(ids)
-        return self.proxy.score(model, self.batches)
+        score = self.proxy.score(model, self.batches)
+        del model
+        trim_heap()
+        return score
