@@ -466,9 +466,10 @@ def report(r):
 def scaling_table(rows):
     """Time against the zoo's FLOPs, peak memory against the largest model (and the whole zoo)."""
     gb = 1 << 30
-    print('\n== scaling (wall: the tool without the paired forwards; FLOPs: multiply-adds per 224 image)')
-    print(f"{'models':>6} {'GFLOPs/img':>10} {'wall s':>8} {'s/TFLOP':>8} {'F s':>7} {'ratio':>6} "
-          f"{'peak GB':>8} {'largest GB':>10} {'zoo GB':>7} {'peak/largest':>12} {'peak/zoo':>8}")
+    print('\n== scaling (wall: the tool without the paired forwards; FLOPs: multiply-adds per 224 image; '
+          'ratio: wall / (F + P), ratio+t: wall / (F + F_target + P))')
+    print(f"{'models':>6} {'GFLOPs/img':>10} {'wall s':>8} {'s/TFLOP':>8} {'F s':>7} {'P s':>6} {'ratio':>6} "
+          f"{'ratio+t':>7} {'peak GB':>8} {'largest GB':>10} {'zoo GB':>7} {'peak/largest':>12} {'peak/zoo':>8}")
     for r in rows:
         fl = (r['flops'] or 0) / 1e9
         tfl = fl * r['samples'] / 1e3 if fl else None
@@ -476,7 +477,8 @@ def scaling_table(rows):
         pk = r['peak_rss'] / gb
         print(f"{r['models']:>6} {fl:>10.1f} {r['wall']:>8.1f} "
               f"{(r['wall'] / tfl if tfl else float('nan')):>8.2f} {r['forward_seconds']:>7.1f} "
-              f"{(r['ratio'] or float('nan')):>6.2f} {pk:>8.2f} {lg:>10.2f} {zw:>7.2f} "
+              f"{r['proxy_seconds']:>6.1f} {(r['ratio'] or float('nan')):>6.2f} "
+              f"{(r.get('ratio_all_forwards') or float('nan')):>7.2f} {pk:>8.2f} {lg:>10.2f} {zw:>7.2f} "
               f"{(pk / lg if lg else float('nan')):>12.2f} {(pk / zw if zw else float('nan')):>8.2f}")
 
 

@@ -299,18 +299,12 @@ def add_check_hooks(cfg):
 def stage_time_table(work_dir, stages, wall=None):
     """A rich table of the seconds of every step of ``stages`` (from ``WORK_DIR/timings.json``, written by
     the stages that ran), this process's peak resident memory and the tool's ``wall`` time."""
-    import json
     import resource
 
     from rich.table import Table
-    path = osp.join(work_dir, 'timings.json')
-    data = {}
-    if osp.isfile(path):
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            data = {}
+
+    from dery.utils.io import load_timings
+    data = load_timings(work_dir)
     table = Table(title='time per stage (s)', title_justify='left')
     for col in ('stage', 'step', 'seconds'):
         table.add_column(col, justify='right' if col == 'seconds' else 'left')

@@ -72,11 +72,17 @@ from dery.proxies.naswot import NASWOT
 from dery.similarity.cache import FeatureCache
 
 
+HOLD = []  # the mark at which this run waits for the test's 'go' line (once), then goes on
+
+
 def slow(cls, name, mark, seconds):
     orig = getattr(cls, name)
 
     def wrapper(*args, **kwargs):
         print('MARK', mark, flush=True)
+        if mark in HOLD:
+            HOLD.remove(mark)
+            sys.stdin.readline()
         time.sleep(seconds)
         return orig(*args, **kwargs)
     setattr(cls, name, wrapper)
@@ -86,11 +92,15 @@ slow(FeatureCache, 'write', 'features', 0.1)
 slow(CoverSetPartitioner, 'partition', 'partition', 0.6)
 slow(NASWOT, 'score', 'proxy', 0.3)
 print('WARM', flush=True)
-sys.argv = json.loads(sys.stdin.readline())
+job = json.loads(sys.stdin.readline())
+HOLD.extend(job['hold'])
+sys.argv = job['argv']
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
 # (signal, marker after which to kill, delay range): mid features, mid features again (resumed from
-# the cursor), inside the partitioner, inside a proxy evaluation, later in the assembly stage.
+# the cursor), inside the partitioner, inside a proxy evaluation, later in the assembly stage. The run
+# waits at its kill point's first marker until the test has read it, so the delay counts from there
+# however late a loaded machine lets the test read the run's output.
 KILLS = [(signal.SIGINT, 'MARK features', (0.3, 0.9)), (signal.SIGKILL, 'MARK features', (0.1, 0.5)),
          (signal.SIGINT, 'MARK partition', (0.05, 0.5)), (signal.SIGKILL, 'MARK proxy', (0.05, 0.25)),
          (signal.SIGINT, 'MARK proxy', (0.35, 0.9))]
@@ -121,10 +131,20 @@ class Warm:
             assert ok, f'no {text!r} in {timeout}s:\n' + ''.join(ln for ln in self.lines if ln)[-3000:]
             return any(ln is not None and text in ln for ln in self.lines)
 
-    def go(self, argv):
+    def go(self, argv, hold=None):
+        """Start the run; with ``hold``, it waits at the first marker ``hold`` until :meth:`release`."""
         self.wait_for('WARM')
-        self.proc.stdin.write(json.dumps(argv) + '\n')
-        self.proc.stdin.flush()
+        self._send(json.dumps(dict(argv=argv, hold=[hold] if hold else [])))
+
+    def release(self):
+        self._send('go')
+
+    def _send(self, line):
+        try:
+            self.proc.stdin.write(line + '\n')
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # the run has ended
+            pass
 
     def output(self):
         self.proc.wait(timeout=180)
@@ -143,9 +163,10 @@ def test_kill_and_resume_gives_identical_outputs(reference, tmp_path):
     nxt = Warm()
     for sig, after, delays in KILLS:
         cur, nxt = nxt, Warm()
-        cur.go(argv)
+        cur.go(argv, hold=after.split()[1])
         killed = False
         if cur.wait_for(after):
+            cur.release()
             time.sleep(rng.uniform(*delays))
             if cur.proc.poll() is None:
                 cur.proc.send_signal(sig)

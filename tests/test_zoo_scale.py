@@ -265,3 +265,43 @@ def test_assembly_stage_holds_a_candidate_not_the_zoo(tmp_path):
     assert len(record.blocks) == 2 and not zoo.models, list(zoo.models)
     assert Counting.most <= 2, Counting.most  # never more than a candidate's models at once (of 4)
     assert not [f for f in os.listdir(work) if f.startswith('.assembly_features_')]  # stitch features removed
+
+
+def test_surrogate_kernels_in_chunks_equal_the_dense_count():
+    """The per-block surrogate: node kernels made chunk by chunk (sorted unit draws, one product) equal
+    an independent count of agreeing sign bits on the same drawn units, and the unit draws follow the
+    node order as :func:`node_kernel` on the whole batch would draw them."""
+    from dery.assembly.surrogate import NodeKernels, block_scores, node_kernel
+    torch.manual_seed(0)
+    outs = dict(a=torch.randn(20, 8, 9, 9), b=torch.randn(20, 30), c=torch.randn(20, 4, 5))
+    nk = NodeKernels(torch.Generator().manual_seed(3), max_units=100)
+    for rows in torch.arange(20).split(7):
+        for node, out in outs.items():
+            nk.add(node, out[rows])
+    g = torch.Generator().manual_seed(3)
+    kernels = []
+    for node, out in outs.items():
+        flat = out.flatten(1)
+        units = torch.randperm(flat.shape[1], generator=g)[:100] if flat.shape[1] > 100 else torch.arange(flat.shape[1])
+        bits = (flat[:, units] > 0).numpy()
+        dense = (bits[:, None, :] == bits[None, :, :]).sum(-1)  # units on which samples i and j agree
+        got = nk.kernel(node)
+        assert np.array_equal(got.numpy(), dense)
+        kernels.append(got)
+    g = torch.Generator().manual_seed(3)
+    assert all(torch.equal(node_kernel(out, g, 100), k) for out, k in zip(outs.values(), kernels))
+
+    class Card:
+        nodes = list(outs)
+
+        def index(self, node):
+            return self.nodes.index(node)
+    Block = type('Block', (), {})
+    blocks = []
+    for start, end in (('a', 'b'), ('c', 'c')):
+        b = Block()
+        b.start, b.end = start, end
+        blocks.append(b)
+    scores = block_scores('m', Card(), blocks, kernels)
+    k = (kernels[0] + kernels[1]).double() + 1e-3 * torch.eye(20, dtype=torch.float64)
+    assert scores['m:0'] == pytest.approx(float(np.linalg.slogdet(k.numpy())[1]))

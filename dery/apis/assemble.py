@@ -30,19 +30,31 @@ def assemble(cfg, work_dir=None, launcher='none', force=False, zoo=None, check=T
     A config that gives its assembly (``assembly = dict(blocks=[...], ...)``)
     is only built and recorded: no partition, no solver, no probe data.
     """
+    cfg, zoo, work_dir = stage3_inputs(cfg, work_dir, zoo, check)
+    if is_fixed(cfg):
+        return run_fixed_assembly(cfg, zoo, work_dir, force=force)
+    part = checked_partition(cfg, work_dir, zoo, launcher=launcher)
+    return run_assembly(cfg, work_dir, zoo, part, partition_stamp(cfg, zoo), force=force)
+
+
+def stage3_inputs(cfg, work_dir, zoo, check):
+    """``(cfg, zoo, work_dir)``: the config (checked), the zoo and the work dir (made) of a stage-3 entry."""
     cfg = as_config(cfg)
     init_default_scope(cfg.get('default_scope', 'dery'))
     if check:
         check_config(cfg, 'assembly')
     work_dir = work_dir or work_dir_of(cfg)
     os.makedirs(work_dir, exist_ok=True)
-    zoo = zoo if zoo is not None else ZooCache.from_config(cfg.zoo)
-    if is_fixed(cfg):
-        return run_fixed_assembly(cfg, zoo, work_dir, force=force)
+    return cfg, (zoo if zoo is not None else ZooCache.from_config(cfg.zoo)), work_dir
+
+
+def checked_partition(cfg, work_dir, zoo, launcher='none'):
+    """The current partition (stage 2 runs when need be), checked against the zoo's node lists.
+
+    The node lists come from stage 1 (no model is built here); when ``partition.json`` was reused they
+    are not known yet and the assembly stage checks each model's nodes as it builds it."""
     part = run_partition(cfg, work_dir, zoo, launcher=launcher)
-    # node lists known from stage 1 (no model built here); when partition.json was reused they are not known
-    # yet and the assembly stage checks each model's nodes as it builds it
     known = {name: zoo.known_nodes(name) for name in zoo.names}
     part.validate(nodes={n: v if v is not None else (part.models[n].nodes if n in part.models else [])
                          for n, v in known.items()})
-    return run_assembly(cfg, work_dir, zoo, part, partition_stamp(cfg, zoo), force=force)
+    return part

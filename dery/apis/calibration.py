@@ -1,13 +1,8 @@
 """``calibrate(cfg)``: how well every proxy ranks candidate networks (tools/analysis_tools/proxy_calibration.py)."""
-import os
-
-from mmengine.registry import init_default_scope
-
 from dery.assembly import run_assembly
-from dery.partition.stage import partition_stamp, run_partition
-from dery.utils import as_config, get_logger, work_dir_of
-from dery.zoo import ZooCache
-from .checks import check_config
+from dery.partition.stage import partition_stamp
+from dery.utils import get_logger
+from .assemble import checked_partition, stage3_inputs
 
 
 def calibrate(cfg, work_dir=None, zoo=None, executor=None, rerun=False, plots=True, log=None, check=True,
@@ -39,16 +34,9 @@ def calibrate(cfg, work_dir=None, zoo=None, executor=None, rerun=False, plots=Tr
         and ``scatter_<proxy>.png`` beside it).
     """
     from dery.calibration import Calibration, serial_executor
-    cfg = as_config(cfg)
-    init_default_scope(cfg.get('default_scope', 'dery'))
-    if check:
-        check_config(cfg, 'assembly')
-    work_dir = work_dir or work_dir_of(cfg)
-    os.makedirs(work_dir, exist_ok=True)
+    cfg, zoo, work_dir = stage3_inputs(cfg, work_dir, zoo, check)
     log = log or get_logger().info
-    zoo = zoo if zoo is not None else ZooCache.from_config(cfg.zoo)
-    part = run_partition(cfg, work_dir, zoo)
-    part.validate(nodes={name: zoo[name].nodes for name in zoo.names})
+    part = checked_partition(cfg, work_dir, zoo)
     assembly = run_assembly(cfg, work_dir, zoo, part, partition_stamp(cfg, zoo))
     calib = Calibration(cfg, work_dir, zoo, part, assembly, task=task, **options).prepare(log)
     results = (executor or serial_executor)(calib.runs, rerun=rerun, log=log)

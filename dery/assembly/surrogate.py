@@ -21,10 +21,25 @@ __all__ = ['naswot_block_scores', 'node_kernel', 'block_scores', 'NodeKernels']
 def node_kernel(out, generator, max_units=65536):
     """The NASWOT kernel ``[n, n]`` of one node output ``[n, ...]`` (at most ``max_units`` units, drawn
     with ``generator``: the draws follow the order of the calls)."""
-    codes = (out.flatten(1) > 0).float()
-    if codes.shape[1] > max_units:
-        codes = codes[:, torch.randperm(codes.shape[1], generator=generator)[:max_units]]
-    return codes @ codes.T + (1 - codes) @ (1 - codes).T
+    flat = out.flatten(1)
+    perm = _draw(flat.shape[1], generator, max_units)
+    return _agreements(((flat if perm is None else flat.index_select(1, perm)) > 0).float())
+
+
+def _draw(units, generator, max_units):
+    """The ``max_units`` units drawn (None: all), sorted: the kernel does not depend on the order of the
+    units, and a sorted gather reads memory in order (5x faster than a random one on a large output)."""
+    if units <= max_units:
+        return None
+    return torch.randperm(units, generator=generator)[:max_units].sort().values
+
+
+def _agreements(codes):
+    """``K_ij``: the units on which samples i and j agree, ``c c^T + (1 - c)(1 - c)^T``, as one product
+    (the form of :class:`~dery.proxies.NASWOT`): ``2 c c^T - r_i - r_j + U`` with ``r`` the codes' row sums.
+    Exact: the entries are integers below 2^24."""
+    r = codes.sum(1)
+    return 2 * (codes @ codes.T) - r[:, None] - r[None, :] + codes.shape[1]
 
 
 class NodeKernels:
@@ -41,16 +56,14 @@ class NodeKernels:
     def add(self, node, out):
         flat = out.flatten(1)
         if node not in self._perm:
-            self._perm[node] = torch.randperm(flat.shape[1], generator=self.g)[:self.max_units] \
-                if flat.shape[1] > self.max_units else None
+            self._perm[node] = _draw(flat.shape[1], self.g, self.max_units)
             self._codes[node] = []
         perm = self._perm[node]
-        self._codes[node].append((flat if perm is None else flat[:, perm]) > 0)
+        self._codes[node].append((flat if perm is None else flat.index_select(1, perm)) > 0)
 
     @torch.no_grad()
     def kernel(self, node):
-        codes = torch.cat(self._codes.pop(node)).float()
-        return codes @ codes.T + (1 - codes) @ (1 - codes).T
+        return _agreements(torch.cat(self._codes.pop(node)).float())
 
 
 @torch.no_grad()

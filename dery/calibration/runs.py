@@ -163,18 +163,61 @@ def _pool_run(run):
     return train_run(run)
 
 
-class RunPool:
+class WorkerPool:
+    """Forked worker processes (``jobs``, started by ``initializer(*initargs)``; their consoles in
+    ``log_dir``) and the collection of their results. Create it before this process computes anything
+    with torch (the workers are forked). Base of :class:`RunPool` and the demo's pool."""
+
+    def __init__(self, jobs, log_dir, initializer, initargs):
+        self.log_dir = log_dir
+        self.jobs = int(jobs)
+        self.pool = mp.get_context('fork').Pool(self.jobs, initializer=initializer, initargs=initargs)
+        self.pids = self._pids()
+
+    def _pids(self):
+        return {p.pid for p in getattr(self.pool, '_pool', [])}
+
+    def finished(self, pending):
+        """Yield ``(run, result)`` of the ``pending`` ``(run, AsyncResult)`` pairs as they finish. A run
+        that raised, or a worker that died (killed, out of memory: its run would never finish), ends the
+        wait with one line naming the runs and the logs."""
+        from dery.errors import DeryError
+        todo = list(pending)
+        while todo:
+            for run, res in list(todo):
+                if not res.ready():
+                    continue
+                todo.remove((run, res))
+                try:
+                    out = res.get()
+                except Exception as e:
+                    raise DeryError(f'training run {run["name"]} failed ({type(e).__name__}: {e}); see the logs '
+                                    f'under {run["work_dir"]} and {self.log_dir}/') from e
+                yield run, out
+            if todo and self._pids() != self.pids:  # workers live until close(): one was killed
+                raise DeryError('a training worker process died (killed, or out of memory?) while running '
+                                f'{", ".join(r["name"] for r, _ in todo)}; see {self.log_dir}/')
+            if todo:
+                time.sleep(0.2)
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
+
+    def terminate(self):
+        self.pool.terminate()
+        self.pool.join()
+
+
+class RunPool(WorkerPool):
     """Worker processes training runs in parallel (``jobs`` processes of ``threads`` torch threads), their
     consoles in ``log_dir``. Create it before this process computes anything with torch (the workers
     are forked). Call it like :func:`serial_executor`."""
 
     def __init__(self, jobs, log_dir, threads=1):
-        self.log_dir = log_dir
-        self.jobs = int(jobs)
-        self.pool = mp.get_context('fork').Pool(self.jobs, initializer=init_worker, initargs=(log_dir, int(threads)))
+        super().__init__(jobs, log_dir, init_worker, (log_dir, int(threads)))
 
     def __call__(self, runs, rerun=False, log=None):
-        from dery.errors import DeryError
         results, pending = {}, []
         for run in runs:
             out = cached_run(run, rerun)
@@ -185,28 +228,8 @@ class RunPool:
         if log is not None:
             log(f'{len(results)} of {len(runs)} runs cached; training {len(pending)} in {self.jobs} process(es), '
                 f'logs in {self.log_dir}/')
-        done = 0
-        while pending:
-            for run, res in list(pending):
-                if not res.ready():
-                    continue
-                pending.remove((run, res))
-                try:
-                    out = res.get()
-                except Exception as e:
-                    raise DeryError(f'training run {run["name"]} failed ({type(e).__name__}: {e}); see '
-                                    f'{run["work_dir"]} and {self.log_dir}/') from e
-                done += 1
-                results[run['name']] = dict(out, cached=False)
-                if log is not None:
-                    log(f'  [{done}] {run["name"]}: top-1 {out["top1"]:.2f}% ({out["seconds"]:.1f} s)')
-            time.sleep(0.2)
+        for done, (run, out) in enumerate(self.finished(pending), 1):
+            results[run['name']] = dict(out, cached=False)
+            if log is not None:
+                log(f'  [{done}] {run["name"]}: top-1 {out["top1"]:.2f}% ({out["seconds"]:.1f} s)')
         return results
-
-    def close(self):
-        self.pool.close()
-        self.pool.join()
-
-    def terminate(self):
-        self.pool.terminate()
-        self.pool.join()

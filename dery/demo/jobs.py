@@ -16,10 +16,9 @@ one slot per job (:class:`Pool` creates it, the forked workers inherit it).
 import multiprocessing as mp
 import os.path as osp
 import sys
-import time
 
-from dery.calibration.runs import (cached_run, find_scalars, init_worker, job_config, make_run, read_scalars, run_key,
-                                   train_run)
+from dery.calibration.runs import (WorkerPool, cached_run, find_scalars, init_worker, job_config, make_run,
+                                   read_scalars, run_key, train_run)
 
 __all__ = ['digest', 'job_config', 'Pool', 'cached_result', 'for_root', 'counter_hook', 'find_scalars', 'read_scalars']
 
@@ -84,21 +83,16 @@ def _run_job(job):
 
 
 # ---------------------------------------------------------------------------- parent side
-class Pool:
+class Pool(WorkerPool):
     """Worker processes (forked once, before any thread starts) running the jobs of one demo work dir."""
 
     def __init__(self, root, jobs, threads):
-        ctx = mp.get_context('fork')
         self.root = root
-        self.log_dir = osp.join(root, 'logs')
-        self.counters = ctx.Array('i', NUM_SLOTS, lock=False)
-        self.pool = ctx.Pool(jobs, initializer=_worker_init, initargs=(self.log_dir, threads, self.counters))
-        self.pids = self._pids()
+        self.counters = mp.get_context('fork').Array('i', NUM_SLOTS, lock=False)
+        log_dir = osp.join(root, 'logs')
+        super().__init__(jobs, log_dir, _worker_init, (log_dir, threads, self.counters))
         self.pending = []
         self._slot = 0
-
-    def _pids(self):
-        return {p.pid for p in getattr(self.pool, '_pool', [])}
 
     def job(self, name, kind, desc, cfg, run_dir, key_extra, seed=None, export=None, **fields):
         """A job record (:func:`dery.calibration.runs.make_run`: config, run dir, result file, cache key)
@@ -129,29 +123,8 @@ class Pool:
     def wait(self, results, ui, only=None):
         """Collect the submitted jobs (every one, or those named in ``only``; in completion order) into
         ``results``; log one line per finished run. Jobs not waited for stay pending."""
-        from dery.errors import DeryError
         todo = [(j, r) for j, r in self.pending if only is None or j['name'] in only]
         self.pending = [(j, r) for j, r in self.pending if not (only is None or j['name'] in only)]
-        while todo:
-            for job, res in list(todo):
-                if res.ready():
-                    todo.remove((job, res))
-                    try:
-                        out = res.get()
-                    except Exception as e:
-                        raise DeryError(f'training run {job["name"]} failed ({type(e).__name__}: {e}); '
-                                        f'see the logs under {job["work_dir"]} and {self.log_dir}/') from e
-                    results[job['name']] = out = for_root(job, out)
-                    ui.log(f'  {job["desc"]}: top-1 {out["top1"]:.2f}% ({out["seconds"]:.1f} s)')
-            if todo and self._pids() != self.pids:  # workers live until close(): one was killed
-                raise DeryError('a training worker process died (killed, or out of memory?) while '
-                                f'running {", ".join(j["name"] for j, _ in todo)}; see {self.log_dir}/')
-            time.sleep(0.2)
-
-    def close(self):
-        self.pool.close()
-        self.pool.join()
-
-    def terminate(self):
-        self.pool.terminate()
-        self.pool.join()
+        for job, out in self.finished(todo):
+            results[job['name']] = out = for_root(job, out)
+            ui.log(f'  {job["desc"]}: top-1 {out["top1"]:.2f}% ({out["seconds"]:.1f} s)')

@@ -109,13 +109,20 @@ def record_timings(work_dir, stage, **values):
     Timings live beside, not inside, ``partition.json`` and ``assembly.json``
     so that those stay byte-identical for the same config and seed.
     """
-    path = osp.join(work_dir, 'timings.json')
-    data = {}
-    if osp.isfile(path):
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            data = {}
+    data = load_timings(work_dir)
     data[stage] = values
-    atomic_save_json(data, path, sort_keys=True)
+    atomic_save_json(data, osp.join(work_dir, 'timings.json'), sort_keys=True)
+
+
+def load_timings(work_dir):
+    """``{stage: {figure: value}}`` of ``WORK_DIR/timings.json`` (empty when absent or unreadable:
+    timings are informative, never an input of a stage)."""
+    path = osp.join(work_dir, 'timings.json')
+    if not osp.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -3,7 +3,6 @@ import copy as _copy
 from collections import OrderedDict
 
 import torch
-import torch.nn as nn
 
 from dery.errors import ConfigError
 from .analysis import count_flops, count_params
