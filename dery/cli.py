@@ -310,7 +310,7 @@ def stage_time_table(work_dir, stages, wall=None):
         table.add_column(col, justify='right' if col == 'seconds' else 'left')
     order = ('similarity_build', 'similarity_probe', 'similarity_capture', 'similarity_metric', 'similarity',
              'similarity_plot', 'partitioner', 'target_data', 'zoo_pass_build', 'zoo_pass_forward', 'tables',
-             'ilp', 'proxy_evaluations', 'solver', 'final_build_and_write')
+             'ilp', 'candidate_build', 'proxy_score', 'proxy_evaluations', 'solver', 'final_build_and_write')
     for stage in stages:
         rows = {k[:-len('_seconds')]: v for k, v in (data.get(stage) or {}).items()
                 if isinstance(v, (int, float)) and k.endswith('_seconds')}

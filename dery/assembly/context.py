@@ -278,8 +278,15 @@ class AssemblyContext:
                                 features=self.features, **net)
 
     def score_fn(self, ids):
+        """The whole-model proxy score of the candidate ``ids``. Timed: ``candidate_build`` (the zoo models
+        it needs, the network, the stitch fits) and ``proxy_score``."""
+        t0 = time.perf_counter()
         model, _ = self.build(ids)
+        t1 = time.perf_counter()
         score = self.proxy.score(model, self.batches)
         del model
         trim_heap()
+        t2 = time.perf_counter()
+        self.times['candidate_build_seconds'] = self.times.get('candidate_build_seconds', 0.0) + t1 - t0
+        self.times['proxy_score_seconds'] = self.times.get('proxy_score_seconds', 0.0) + t2 - t1
         return score

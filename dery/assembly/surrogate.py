@@ -36,10 +36,11 @@ def _draw(units, generator, max_units):
 
 def _agreements(codes):
     """``K_ij``: the units on which samples i and j agree, ``c c^T + (1 - c)(1 - c)^T``, as one product
-    (the form of :class:`~dery.proxies.NASWOT`): ``2 c c^T - r_i - r_j + U`` with ``r`` the codes' row sums.
-    Exact: the entries are integers below 2^24."""
-    r = codes.sum(1)
-    return 2 * (codes @ codes.T) - r[:, None] - r[None, :] + codes.shape[1]
+    (the form of :class:`~dery.proxies.NASWOT`): ``2 c c^T - r_i - r_j + U`` with ``r`` the codes' row sums,
+    the diagonal of ``c c^T``. Exact: the entries are integers below 2^24."""
+    g = codes @ codes.T
+    r = g.diagonal()
+    return 2 * g - r[:, None] - r[None, :] + codes.shape[1]
 
 
 class NodeKernels:

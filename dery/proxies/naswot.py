@@ -106,8 +106,9 @@ class NASWOT(BaseProxy):
                 return
             c = (out.detach() > 0).flatten(1).float()
             U = c.shape[1]
-            r = c.sum(1, dtype=torch.float64)
-            agree = 2 * (c @ c.t()).double() - r[:, None] - r[None, :] + U
+            g = (c @ c.t()).double()  # exact: integer counts below 2^24
+            r = g.diagonal()  # the codes' row sums (c_i . c_i), without another pass over the codes
+            agree = 2 * g - r[:, None] - r[None, :] + U
             state['K'] += agree
             state['units'] += U
 
