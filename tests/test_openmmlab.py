@@ -329,6 +329,16 @@ def test_get_model_is_quiet(tiny_reference, tiny_trained, monkeypatch):
     assert len(rec.lines) > 20, rec.lines
 
 
+def test_zoo_build_drops_the_preprocessor_note():
+    """mmpretrain's swin config has batch augmentations: its preprocessor logs a `to_onehot` line when
+    built; the zoo keeps only the backbone, so the line is dropped (it repeated at every build)."""
+    from dery.zoo import build_zoo_model
+    with _Records() as rec:
+        zm = build_zoo_model('swin_tiny_in1k', pretrained=False)
+    assert type(zm.model).__name__ == 'SwinTransformer'
+    assert not any('to_onehot' in ln for ln in rec.lines), rec.lines
+
+
 def test_tensorboard_writes_event_files(tiny_trained):
     if not have_tensorboard():
         pytest.skip('tensorboard not installed (requirements/optional.txt)')

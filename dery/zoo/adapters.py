@@ -16,6 +16,7 @@ Every adapter turns a :class:`~dery.zoo.entry.ZooEntry` into an ``nn.Module``:
 nor the disk. When weights cannot be fetched (offline), the error names the
 file and where to put it.
 """
+import contextlib
 import os
 import os.path as osp
 
@@ -180,6 +181,28 @@ def _unmasked(backbone):
     return backbone
 
 
+class _PreprocessorNote:
+    """Drops mmpretrain's 'Because batch augmentations are enabled ... `to_onehot`' line: a zoo model
+    is built from a training config whose data preprocessor DeRy throws away with the head (the
+    backbone is kept), so the line would only repeat at every build of such a model."""
+
+    @staticmethod
+    def filter(record):
+        return not record.getMessage().startswith('Because batch augmentations are enabled')
+
+
+@contextlib.contextmanager
+def _without_preprocessor_note():
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    note = _PreprocessorNote()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
+
+
 @ZOO_ADAPTERS.register_module(name='mmpretrain')
 class MMPretrainAdapter(BaseZooAdapter):
     """mmpretrain models; the backbone is returned (heads are not reused)."""
@@ -197,7 +220,8 @@ class MMPretrainAdapter(BaseZooAdapter):
             size = _size_kwargs(entry, input_size) if 'img_size' not in (kwargs.get('backbone') or {}) else {}
             if size:
                 kwargs['backbone'] = dict(kwargs.get('backbone') or {}, **size)
-            model = mmpretrain.get_model(entry.model, pretrained=False, **kwargs)
+            with _without_preprocessor_note():
+                model = mmpretrain.get_model(entry.model, pretrained=False, **kwargs)
             if pretrained:
                 model = self._load(model, entry)
         return _unmasked(getattr(model, 'backbone', model))
