@@ -240,3 +240,20 @@ def test_bad_config_errors():
         NASWOT(mode='test')
     with pytest.raises(KeyError, match='registered names'):
         PROXIES.build(dict(type='NASWOTT'))
+
+
+def test_naswot_kernel_counts_agreeing_units_over_several_slices():
+    """The kernel is made slice by slice of 64k units: it equals an independent count of the units on
+    which two samples' activation signs agree (73,728 units in the first ReLU: two slices)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 3, padding=1), nn.ReLU())
+    imgs = torch.randn(5, 3, 96, 96)
+    proxy = NASWOT(**SMALL)
+    K, units = proxy._kernel(model, imgs, activation_modules(model))
+    with torch.no_grad():
+        a1 = model[1](model[0](imgs))
+        a2 = model[3](model[2](a1))
+    bits = np.concatenate([(a > 0).flatten(1).numpy() for a in (a1, a2)], axis=1)
+    assert units == bits.shape[1] == 8 * 96 * 96 + 2 * 96 * 96
+    dense = (bits[:, None, :] == bits[None, :, :]).sum(-1)
+    assert np.array_equal(K.numpy(), dense.astype(np.float64))
