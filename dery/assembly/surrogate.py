@@ -14,6 +14,8 @@ that captures the stitch features.
 """
 import torch
 
+from dery.proxies import sign_agreements
+
 __all__ = ['naswot_block_scores', 'node_kernel', 'block_scores', 'NodeKernels']
 
 
@@ -23,7 +25,7 @@ def node_kernel(out, generator, max_units=65536):
     with ``generator``: the draws follow the order of the calls)."""
     flat = out.flatten(1)
     perm = _draw(flat.shape[1], generator, max_units)
-    return _agreements(((flat if perm is None else flat.index_select(1, perm)) > 0).float())
+    return sign_agreements(flat if perm is None else flat.index_select(1, perm))
 
 
 def _draw(units, generator, max_units):
@@ -32,15 +34,6 @@ def _draw(units, generator, max_units):
     if units <= max_units:
         return None
     return torch.randperm(units, generator=generator)[:max_units].sort().values
-
-
-def _agreements(codes):
-    """``K_ij``: the units on which samples i and j agree, ``c c^T + (1 - c)(1 - c)^T``, as one product
-    (the form of :class:`~dery.proxies.NASWOT`): ``2 c c^T - r_i - r_j + U`` with ``r`` the codes' row sums,
-    the diagonal of ``c c^T``. Exact: the entries are integers below 2^24."""
-    g = codes @ codes.T
-    r = g.diagonal()
-    return 2 * g - r[:, None] - r[None, :] + codes.shape[1]
 
 
 class NodeKernels:
@@ -64,7 +57,7 @@ class NodeKernels:
 
     @torch.no_grad()
     def kernel(self, node):
-        return _agreements(torch.cat(self._codes.pop(node)).float())
+        return sign_agreements(torch.cat(self._codes.pop(node)))
 
 
 @torch.no_grad()

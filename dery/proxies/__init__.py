@@ -13,9 +13,9 @@ from .base import BaseProxy, model_output, pool_features, preserve_model_state, 
 from .data import ProxyBatches, sample_batches
 from .gradient import SNIP, Fisher, GradNorm, SynFlow
 from .jacov import Jacov
-from .naswot import NASWOT, activation_modules
+from .naswot import NASWOT, activation_modules, sign_agreements
 from .transferability import GBC, HScore, LogME, TransRate
 
 __all__ = ['BaseProxy', 'NASWOT', 'SynFlow', 'SNIP', 'GradNorm', 'Jacov', 'Fisher', 'LogME', 'HScore',
            'TransRate', 'GBC', 'sample_batches', 'ProxyBatches', 'preserve_model_state', 'pool_features',
-           'model_output', 'prunable_weights', 'activation_modules']
+           'model_output', 'prunable_weights', 'activation_modules', 'sign_agreements']

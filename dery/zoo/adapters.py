@@ -17,7 +17,6 @@ nor the disk. When weights cannot be fetched (offline), the error names the
 file and where to put it.
 """
 import contextlib
-import os
 import os.path as osp
 
 import torch
@@ -181,26 +180,22 @@ def _unmasked(backbone):
     return backbone
 
 
-class _PreprocessorNote:
-    """Drops mmpretrain's 'Because batch augmentations are enabled ... `to_onehot`' line: a zoo model
+def _not_preprocessor_note(record):
+    """False for mmpretrain's 'Because batch augmentations are enabled ... `to_onehot`' line: a zoo model
     is built from a training config whose data preprocessor DeRy throws away with the head (the
     backbone is kept), so the line would only repeat at every build of such a model."""
-
-    @staticmethod
-    def filter(record):
-        return not record.getMessage().startswith('Because batch augmentations are enabled')
+    return not record.getMessage().startswith('Because batch augmentations are enabled')
 
 
 @contextlib.contextmanager
 def _without_preprocessor_note():
     from mmengine.logging import MMLogger
     logger = MMLogger.get_current_instance()
-    note = _PreprocessorNote()
-    logger.addFilter(note)
+    logger.addFilter(_not_preprocessor_note)
     try:
         yield
     finally:
-        logger.removeFilter(note)
+        logger.removeFilter(_not_preprocessor_note)
 
 
 @ZOO_ADAPTERS.register_module(name='mmpretrain')
