@@ -305,3 +305,46 @@ def test_surrogate_kernels_in_chunks_equal_the_dense_count():
     scores = block_scores('m', Card(), blocks, kernels)
     k = (kernels[0] + kernels[1]).double() + 1e-3 * torch.eye(20, dtype=torch.float64)
     assert scores['m:0'] == pytest.approx(float(np.linalg.slogdet(k.numpy())[1]))
+
+
+def test_zoo_pass_skips_the_blocks_over_the_budget_alone(tiny_reference, monkeypatch):
+    """A block over the max params on its own is in no assembly: the assembly's zoo pass makes no surrogate
+    score for it (listed as unscored), a model whose every block is over runs no forward, and the other
+    blocks' scores and the stitch features they need equal those of a pass without a budget."""
+    from mmengine.config import Config
+
+    from dery.assembly import AssemblyContext
+    from dery.partition import Partition
+    from dery.zoo import ZooCache
+    from dery.zoo.zoo_model import ZooModel
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'dery', 'tiny_cpu.py'))
+    cfg.merge_from_dict({'proxy.num_batches': 1, 'assembly.stitch_samples': 16})
+    part = Partition.load(osp.join(tiny_reference, 'partition.json'))
+    cfg.constraints = dict(params=(None, None), flops=(None, None))
+    full = AssemblyContext(cfg, ZooCache.from_config(cfg.zoo), part)
+    by_model = {}
+    for c in full.tables.candidates:
+        by_model.setdefault(c.model, []).append(c)
+    out = max(by_model, key=lambda m: min(c.params for c in by_model[m]))  # the model to leave out whole
+    hi = min(c.params for c in by_model[out]) - 1
+    over = sorted(c.id for c in full.tables.candidates if c.params > hi)
+    assert len(by_model) > 1 and 0 < len(over) < len(full.tables.candidates)
+    forwards = {}
+    run = ZooModel.node_outputs
+
+    def counted(self, x, nodes=None, on_output=None):
+        forwards[self.name] = forwards.get(self.name, 0) + 1
+        return run(self, x, nodes=nodes, on_output=on_output)
+    monkeypatch.setattr(ZooModel, 'node_outputs', counted)
+    cfg.constraints = dict(params=(None, hi), flops=(None, None))
+    ctx = AssemblyContext(cfg, ZooCache.from_config(cfg.zoo), part)
+    assert sorted(ctx.unscored) == over and out not in forwards and set(forwards) == set(by_model) - {out}
+    assert ctx.scores == {k: v for k, v in full.scores.items() if k not in over}  # same draws, same scores
+    for name, mb in part.models.items():
+        ok = [f'{name}:{j}' not in over for j in range(len(mb.blocks))]
+        need = {b.end for j, b in enumerate(mb.blocks[:-1]) if ok[j] or ok[j + 1]}
+        assert {n for n in mb.nodes if n in ctx.features[name]} == need
+        for node in need:
+            assert torch.equal(ctx.features[name].output_of(node), full.features[name].output_of(node))
+    full.close()
+    ctx.close()

@@ -1,4 +1,5 @@
 """``AssemblyContext``: everything a solver run needs, and the builder of candidate networks."""
+import math
 import time
 import zlib
 
@@ -10,6 +11,7 @@ from dery.models import ReassembledBackbone, StitchLayer, normalize_stem
 from dery.models.backbone import RESOLUTIONS
 from dery.proxies import sample_batches
 from dery.registry import DATASETS, MODELS, PROXIES
+from dery.solvers import normalize_constraints
 from dery.utils import to_plain
 from dery.utils.memory import trim_heap
 from dery.utils.progress import Progress
@@ -97,6 +99,10 @@ def _check_fixed_blocks(blocks, resolution):
     return out
 
 
+def _block_nodes(card, block):
+    return card.nodes[card.index(block.start):card.index(block.end) + 1]
+
+
 def is_fixed(cfg):
     """Whether the config gives its assembly (``assembly.blocks``): no partition, no search."""
     return bool((cfg.get('assembly') or {}).get('blocks'))
@@ -172,6 +178,9 @@ class AssemblyContext:
         self.proxy_cfg = to_plain(cfg.proxy)
         self.proxy = PROXIES.build(self.proxy_cfg)
         self.times = {}
+        self.budget = normalize_constraints(cfg.get('constraints'))
+        #: the blocks over the budget on their own (no surrogate score: :meth:`_fits_alone`)
+        self.unscored = []
         t0 = time.perf_counter()
         target = to_plain(cfg.target)
         dataset = DATASETS.build(target['dataset'])
@@ -218,27 +227,39 @@ class AssemblyContext:
             card = zoo.card(name) if hasattr(zoo, 'card') else zm
             t1 = time.perf_counter()
             prog.update(task, description=f'assemble: zoo pass ({name})')
-            ends = {b.end for b in mb.blocks[:-1]} if lstsq else set()
+            # Blocks over the budget on their own are in no feasible assembly: their nodes get no kernels,
+            # their ends no stitch features unless the next block needs them, and the forward stops after
+            # the last node still needed (none: no forward at all). Every node still takes its unit draws,
+            # so the scores of the other blocks and models are the ones a full pass gives.
+            usable = {j for j, b in enumerate(mb.blocks) if self._fits_alone(card, b)}
+            self.unscored.extend(f'{name}:{j}' for j in range(len(mb.blocks)) if j not in usable)
+            scored = {x for j in usable for x in _block_nodes(card, mb.blocks[j])}
+            ends = {b.end for j, b in enumerate(mb.blocks[:-1]) if j in usable or j + 1 in usable} if lstsq else set()
             kernels, kept = NodeKernels(g), {node: [] for node in ends}
+            for x in card.nodes:
+                kernels.draw(x, math.prod(card.shapes(x)[1]))
+            wanted = [x for x in card.nodes if x in scored or x in ends]
             rows = [0]
 
-            def on_output(node, out, kernels=kernels, kept=kept, rows=rows):
-                kernels.add(node, out)
+            def on_output(node, out, kernels=kernels, kept=kept, rows=rows, scored=scored):
+                if node in scored:
+                    kernels.add(node, out)
                 if node in kept and rows[0] < n:
                     kept[node].append(out[:n - rows[0]])
             # in batches of 16 (as the stitch features always were; outputs do not depend on the batch);
             # a model whose forward draws random numbers (MAE's masking) draws the same whatever ran before
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(zlib.crc32(name.encode()))
-                for chunk in images.split(16):
-                    zm.node_outputs(chunk, on_output=on_output)
+                for chunk in images.split(16) if wanted else ():
+                    zm.node_outputs(chunk, nodes=wanted, on_output=on_output)
                     rows[0] += len(chunk)
                     trim_heap()  # the batch's freed activations leave the process (dery/utils/memory.py)
             if lstsq:
                 feats = store.new(name, card.nodes)
                 for node, parts in kept.items():
                     feats.put(node, torch.cat(parts))
-            scores.update(block_scores(name, card, mb.blocks, [kernels.kernel(x) for x in card.nodes]))
+            scores.update(block_scores(name, card, mb.blocks,
+                                       [kernels.kernel(x) if x in scored else None for x in card.nodes], only=usable))
             del zm, kernels, kept
             self._release(name)
             build_s += t1 - t0
@@ -246,6 +267,16 @@ class AssemblyContext:
             prog.advance(task)
         self.times.update(zoo_pass_build_seconds=build_s, zoo_pass_forward_seconds=forward_s)
         return scores, store
+
+    def _fits_alone(self, card, block):
+        """False when ``block`` alone is over the budget's max params (or max FLOPs, at the native
+        resolution: under ``'chain'`` a block's FLOPs depend on the size it runs at). Every other part of
+        an assembly (blocks, stitches, stem, head) adds to its cost, so such a block is in none."""
+        s, e = card.index(block.start), card.index(block.end)
+        hi_params, hi_flops = self.budget['params'][1], self.budget['flops'][1]
+        if hi_params is not None and card.params(s, e) > hi_params:
+            return False
+        return not (hi_flops is not None and self.opts['resolution'] != 'chain' and card.flops(s, e) > hi_flops)
 
     def _release(self, name):
         if self.release and name in self._ours:

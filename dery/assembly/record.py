@@ -21,7 +21,9 @@ give a byte-identical file)::
     constraints    the budget
     solver         {type, status, num_proxy_evals, info}
     candidates     the assemblies the solver ranked, best first
-    surrogate      {type, scores}: the per-block scores of the integer program
+    surrogate      {type, scores[, unscored]}: the per-block scores of the integer program;
+                   ``unscored``: the blocks over the budget on their own (in no assembly, so the
+                   zoo pass made no score for them)
     zoo            {name: model_zoo.yml entry} of the models the blocks come from
     seed           the proxy seed
     stamp          what made the file (:class:`dery.utils.stamp.Stamp`; ``config_stamp`` in

@@ -44,16 +44,23 @@ class NodeKernels:
 
     def __init__(self, generator, max_units=65536):
         self.g, self.max_units = generator, max_units
-        self._perm, self._codes = {}, {}
+        self._perm, self._units, self._codes = {}, {}, {}
+
+    def draw(self, node, units):
+        """Make the unit draws of ``node`` (``units`` per sample) now, as its first chunk would: a node
+        whose outputs are never given still takes its draws, so the nodes after it draw the same."""
+        self._perm[node], self._units[node] = _draw(units, self.g, self.max_units), int(units)
 
     @torch.no_grad()
     def add(self, node, out):
         flat = out.flatten(1)
         if node not in self._perm:
-            self._perm[node] = _draw(flat.shape[1], self.g, self.max_units)
-            self._codes[node] = []
+            self.draw(node, flat.shape[1])
+        if self._units[node] != flat.shape[1]:
+            raise RuntimeError(f'surrogate: node {node} has {flat.shape[1]} units per sample, its draws were made '
+                               f'for {self._units[node]}')
         perm = self._perm[node]
-        self._codes[node].append((flat if perm is None else flat.index_select(1, perm)) > 0)
+        self._codes.setdefault(node, []).append((flat if perm is None else flat.index_select(1, perm)) > 0)
 
     @torch.no_grad()
     def kernel(self, node):
@@ -61,11 +68,14 @@ class NodeKernels:
 
 
 @torch.no_grad()
-def block_scores(name, zm, blocks, kernels):
+def block_scores(name, zm, blocks, kernels, only=None):
     """``{'name:j': score}`` from the node ``kernels`` (in node order) of model ``zm`` (a ZooModel or
-    ZooCard) for its partition ``blocks``."""
+    ZooCard) for its partition ``blocks`` (``only``: the indices ``j`` to score; the kernels of the
+    other blocks' nodes may be None)."""
     scores = {}
     for j, b in enumerate(blocks):
+        if only is not None and j not in only:
+            continue
         s, e = zm.index(b.start), zm.index(b.end)
         k = sum(kernels[s:e + 1]).double()
         k = k + 1e-3 * torch.eye(k.shape[0], dtype=k.dtype)
