@@ -12,7 +12,7 @@ from dery.models.backbone import RESOLUTIONS
 from dery.proxies import sample_batches
 from dery.registry import DATASETS, MODELS, PROXIES
 from dery.solvers import normalize_constraints
-from dery.utils import to_plain
+from dery.utils import get_logger, to_plain
 from dery.utils.memory import trim_heap
 from dery.utils.progress import Progress
 from .features import FeatureStore
@@ -266,6 +266,12 @@ class AssemblyContext:
             forward_s += time.perf_counter() - t1
             prog.advance(task)
         self.times.update(zoo_pass_build_seconds=build_s, zoo_pass_forward_seconds=forward_s)
+        if self.unscored:
+            skipped = [m for m, mb in part.models.items()
+                       if all(f'{m}:{j}' in self.unscored for j in range(len(mb.blocks)))]
+            get_logger().info(f'assemble: {len(self.unscored)} of {len(scores) + len(self.unscored)} blocks are over '
+                              f'the budget on their own (no surrogate score); {len(skipped)} models ran no forward'
+                              + (f' ({", ".join(skipped)})' if skipped else ''))
         return scores, store
 
     def _fits_alone(self, card, block):
