@@ -61,7 +61,16 @@ class DictAction(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         from mmengine.config import DictAction as _DictAction
-        _DictAction(self.option_strings, self.dest, nargs=self.nargs)(parser, namespace, values, option_string)
+        action = _DictAction(self.option_strings, self.dest, nargs=self.nargs)
+        for value in values:  # mmengine's parser fails with a traceback (RecursionError) on e.g. dict(...)
+            try:
+                action(parser, argparse.Namespace(), [value], option_string)
+            except (RecursionError, AssertionError, ValueError, IndexError) as e:
+                sys.stderr.write(f'error: --cfg-options {value!r}: cannot read this ({type(e).__name__}); write '
+                                 'key=value with a number, a string, or a list [a,b] / tuple (a,b) of them, one '
+                                 'key per item, e.g. constraints.params=[0,30000000]\n')
+                raise SystemExit(2) from None
+        action(parser, namespace, values, option_string)
 
 
 def add_common_args(p, work_dir_help='the dir to save outputs (default: work_dirs/<config stem>)'):

@@ -278,6 +278,11 @@ def c_cfg_options_typo(tmp_path, staged):
     run_tool('partition.py', TINY, '--work-dir', str(tmp_path), '--cfg-options', 'partitionr.restarts=3')
 
 
+def c_cfg_options_unreadable(tmp_path, staged):
+    run_tool('assemble.py', TINY, '--work-dir', str(tmp_path), '--cfg-options',
+             'constraints=dict(params=(None,400000))')
+
+
 def c_config_missing(tmp_path, staged):
     run_tool('assemble.py', str(tmp_path / 'nope.py'), '--work-dir', str(tmp_path))
 
@@ -369,6 +374,8 @@ CASES = [
      ['does not fit the zoo', "no node 'no.such.node'", 'rerun tools/assemble.py']),
     ('proxy-nan', c_proxy_nan, ValueError, ['proxy SynFlow produced nan']),
     ('cfg-options-typo', c_cfg_options_typo, SystemExit, [r"'partitionr' is not in the config", 'check the key path']),
+    ('cfg-options-unreadable', c_cfg_options_unreadable, SystemExit,
+     [r"--cfg-options 'constraints=dict\(params=\(None,400000\)\)': cannot read this", r'constraints.params=\[0,']),
     ('config-missing', c_config_missing, SystemExit, ['config file not found', 'nope.py']),
     ('data-root-missing', c_data_root_missing, SystemExit, ['data_root', 'does not exist', 'no_data']),
     ('num-classes-mismatch', c_num_classes_mismatch, SystemExit,
