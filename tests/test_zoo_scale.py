@@ -314,6 +314,7 @@ def test_zoo_pass_skips_the_blocks_over_the_budget_alone(tiny_reference, monkeyp
     from mmengine.config import Config
 
     from dery.assembly import AssemblyContext
+    from dery.errors import ConfigError
     from dery.partition import Partition
     from dery.zoo import ZooCache
     from dery.zoo.zoo_model import ZooModel
@@ -346,5 +347,7 @@ def test_zoo_pass_skips_the_blocks_over_the_budget_alone(tiny_reference, monkeyp
         assert {n for n in mb.nodes if n in ctx.features[name]} == need
         for node in need:
             assert torch.equal(ctx.features[name].output_of(node), full.features[name].output_of(node))
+    with pytest.raises(ConfigError, match='alone exceed the budget'):
+        ctx.build([f'{out}:0'] + [c.id for c in full.tables.candidates if c.model != out][1:])
     full.close()
     ctx.close()

@@ -308,6 +308,11 @@ class AssemblyContext:
 
     def build(self, ids):
         """``(model, fit errors)`` of the candidate ``ids``."""
+        over = sorted(set(self.unscored).intersection(ids))
+        if over:  # a solver (e.g. a user's) asked for an assembly over the budget: the zoo pass kept nothing for it
+            raise ConfigError(f'assembly {list(ids)}: {over} alone exceed the budget {to_plain(self.cfg.constraints)}, '
+                              'so no assembly within it has them; a solver must only score feasible assemblies '
+                              '(problem.is_feasible)')
         self.hold({self.tables.by_id[i].model for i in ids})
         torch.manual_seed(self.proxy.seed)  # a random stitch init is part of the candidate
         net = network_options(self.opts)
