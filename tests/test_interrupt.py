@@ -64,7 +64,10 @@ def reference(tiny_reference):
 # batches, the partitioner, proxy evaluations) and prints a marker when one starts, so that the kills
 # land inside those stages rather than in start-up.
 WARM = """
-import json, runpy, sys, time
+import json, runpy, signal, sys, time
+# a job started with '&' by a non-interactive shell (nohup ... &, a CI runner) inherits SIGINT ignored;
+# the runs here stand for a tool in a terminal, where Ctrl-C raises KeyboardInterrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import dery.apis, dery.similarity, dery.partition, dery.proxies, dery.solvers, dery.models  # noqa
 import mmpretrain, timm, rich  # noqa
 from dery.partition.cover_set import CoverSetPartitioner
