@@ -374,3 +374,21 @@ def test_bad_inputs_are_explained(zoo, tmp_path):
         compute_similarity(zoo, PROBE, dict(type='LinearCKA', store='disk', **QUIET), str(tmp_path))
     with pytest.raises(KeyError, match='MinibatchCKA'):
         compute_similarity(zoo, PROBE, dict(type='CKA', **QUIET), str(tmp_path))
+
+
+def test_heatmaps_drawn_by_workers_equal_those_drawn_here(tmp_path):
+    """save_plots deals the pair heatmaps to forked workers (a large zoo has hundreds): the same files,
+    byte for byte, as drawing them in this process."""
+    from dery.similarity.plot import plot_pair, save_plots
+    nodes = {f'm{i}': [f'n{k}' for k in range(3 + i)] for i in range(6)}  # 21 unordered pairs
+    n = sum(len(v) for v in nodes.values())
+    res = SimilarityResult.from_full(np.random.default_rng(0).random((n, n)), nodes, 'LinearCKA')
+    done = []
+    paths = save_plots(res, str(tmp_path / 'w'), on_file=lambda: done.append(1), workers=2)
+    assert len(paths) == len(done) == 22 and len(set(paths)) == 22
+    assert sorted(os.listdir(tmp_path / 'w' / 'similarity')) == sorted(osp.basename(p) for p in paths[1:])
+    for a, b in (('m0', 'm5'), ('m3', 'm3')):
+        here = str(tmp_path / f'{a}_{b}.png')
+        plot_pair(res.matrices[(a, b)], nodes[a], nodes[b], a, b, res.type, here)
+        with open(here, 'rb') as f1, open(tmp_path / 'w' / 'similarity' / f'{a}__{b}.png', 'rb') as f2:
+            assert f1.read() == f2.read()

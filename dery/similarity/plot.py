@@ -6,7 +6,10 @@
   boundaries, and a model-by-model summary (mean over the nodes of the row
   model of the best match among the nodes of the column model).
 """
+import multiprocessing as mp
 import os.path as osp
+import signal
+import sys
 
 import numpy as np
 
@@ -23,9 +26,10 @@ def _figure(w, h):
     return fig
 
 
-def _save(fig, path):
+def _save(fig, path, tight=True):
+    """``tight=False``: the figure's own layout (one draw; ``bbox_inches='tight'`` draws twice)."""
     with atomic_write(path, 'wb') as f:
-        fig.savefig(f, format='png', bbox_inches='tight')
+        fig.savefig(f, format='png', bbox_inches='tight' if tight else None)
 
 
 def _short(name, k=18):
@@ -40,7 +44,11 @@ def _limits(mat):
 def plot_pair(mat, nodes_a, nodes_b, name_a, name_b, metric, path):
     """Heatmap of one ``[len(nodes_a), len(nodes_b)]`` matrix to ``path``."""
     na, nb = mat.shape
-    fig = _figure(min(14, 2.5 + 0.28 * nb), min(14, 2.0 + 0.28 * na))
+    w, h = min(14, 2.5 + 0.28 * nb), min(14, 2.0 + 0.28 * na)
+    fig = _figure(w, h)
+    # fixed margins in inches (tick labels are at most 18 characters at 6 pt, rotated under the x axis),
+    # so the file takes one draw: bbox_inches='tight' would draw it twice (a zoo of 24 models: 300 files)
+    fig.subplots_adjust(left=1.2 / w, right=1 - 0.6 / w, bottom=1.1 / h, top=1 - 0.35 / h)
     ax = fig.add_subplot(111)
     vmin, vmax = _limits(mat)
     im = ax.imshow(mat, cmap='viridis', vmin=vmin, vmax=vmax, aspect='auto',
@@ -54,7 +62,7 @@ def plot_pair(mat, nodes_a, nodes_b, name_a, name_b, metric, path):
     ax.set_xlabel(name_b)
     ax.set_title(f'{metric}: {name_a} vs {name_b}', fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    _save(fig, path)
+    _save(fig, path, tight=False)
 
 
 def plot_summary(result, path):
@@ -104,12 +112,15 @@ def num_plots(num_models, pairs=True, symmetric=True):
     return 1 + (0 if not pairs else m * (m + 1) // 2 if symmetric else m * m)
 
 
-def save_plots(result, work_dir, pairs=True, symmetric=True, on_file=None):
+def save_plots(result, work_dir, pairs=True, symmetric=True, on_file=None, workers=None):
     """Write the summary and (``pairs=True``) one heatmap per model pair.
 
     Symmetric metrics get one file per unordered pair (``a`` before ``b`` in
     zoo order, self pairs included); others one per ordered pair.
     ``on_file()`` is called after each file (progress bars).
+    ``workers``: processes drawing the pair heatmaps (None: the cores this
+    process may use, at most 8; 1: here). matplotlib draws on one core, and a
+    zoo of 24 models has 300 pair files.
     Returns the written paths.
     """
     paths = []
@@ -118,19 +129,42 @@ def save_plots(result, work_dir, pairs=True, symmetric=True, on_file=None):
     paths.append(summary)
     if on_file is not None:
         on_file()
-    if pairs:
-        models = result.models
-        for i, a in enumerate(models):
-            for j, b in enumerate(models):
-                if symmetric and j < i:
-                    continue
-                p = osp.join(work_dir, 'similarity', f'{safe_name(a)}__{safe_name(b)}.png')
-                plot_pair(result.matrices[(a, b)], result.nodes[a], result.nodes[b], a, b,
-                          result.type, p)
-                paths.append(p)
-                if on_file is not None:
-                    on_file()
+    if not pairs:
+        return paths
+    models = result.models
+    jobs = [(result.matrices[(a, b)], result.nodes[a], result.nodes[b], a, b, result.type,
+             osp.join(work_dir, 'similarity', f'{safe_name(a)}__{safe_name(b)}.png'))
+            for i, a in enumerate(models) for j, b in enumerate(models) if not (symmetric and j < i)]
+    for p in _draw_all(jobs, workers):
+        paths.append(p)
+        if on_file is not None:
+            on_file()
     return paths
+
+
+def _pair_job(job):
+    plot_pair(*job)
+    return job[-1]
+
+
+def _worker_init():
+    # Ctrl-C is the parent's to handle (it stops the pool); a stopped worker leaves no temporary file
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+
+def _draw_all(jobs, workers):
+    """The paths of ``jobs`` as their files are written: in a pool of forked processes when there
+    are enough files and cores (forked: the workers import nothing), else one after the other."""
+    if workers is None:
+        from dery.utils.dist import available_cores
+        workers = min(8, available_cores())
+    workers = min(int(workers), len(jobs) // 8)
+    if workers < 2 or 'fork' not in mp.get_all_start_methods():
+        yield from map(_pair_job, jobs)
+        return
+    with mp.get_context('fork').Pool(workers, initializer=_worker_init) as pool:
+        yield from pool.imap_unordered(_pair_job, jobs)
 
 
 __all__ = ['plot_pair', 'plot_summary', 'save_plots', 'num_plots']
