@@ -9,7 +9,6 @@
 import multiprocessing as mp
 import os.path as osp
 import signal
-import sys
 
 import numpy as np
 
@@ -148,9 +147,9 @@ def _pair_job(job):
 
 
 def _worker_init():
-    # Ctrl-C is the parent's to handle (it stops the pool); a stopped worker leaves no temporary file
+    # Ctrl-C is the parent's to handle (it stops the pool). SIGTERM keeps its default: a worker turning it
+    # into SystemExit runs its exit handlers, which can wait on a pool lock the stopping parent holds
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
 
 def _draw_all(jobs, workers):
@@ -163,8 +162,15 @@ def _draw_all(jobs, workers):
     if workers < 2 or 'fork' not in mp.get_all_start_methods():
         yield from map(_pair_job, jobs)
         return
-    with mp.get_context('fork').Pool(workers, initializer=_worker_init) as pool:
+    pool = mp.get_context('fork').Pool(workers, initializer=_worker_init)
+    try:
         yield from pool.imap_unordered(_pair_job, jobs)
+        pool.close()  # done: the workers take their stop sentinel and exit on their own
+    except BaseException:  # an error, Ctrl-C or a consumer that stopped early: stop the workers now
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 __all__ = ['plot_pair', 'plot_summary', 'save_plots', 'num_plots']
