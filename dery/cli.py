@@ -307,12 +307,12 @@ def add_check_hooks(cfg):
 
 def stage_time_table(work_dir, stages, wall=None):
     """A rich table of the seconds of every step of ``stages`` (from ``WORK_DIR/timings.json``, written by
-    the stages that ran), this process's peak resident memory and the tool's ``wall`` time."""
-    import resource
-
+    the stages that ran), the peak resident memory at the end of each stage and of this process, and the
+    tool's ``wall`` time."""
     from rich.table import Table
 
     from dery.utils.io import load_timings
+    from dery.utils.memory import peak_rss
     data = load_timings(work_dir)
     table = Table(title='time per stage (s)', title_justify='left')
     for col in ('stage', 'step', 'seconds'):
@@ -330,8 +330,9 @@ def stage_time_table(work_dir, stages, wall=None):
             label = dict(similarity='similarity (all of it)', solver='solver (ILP + proxy evaluations)').get(
                 key, key.replace('_', ' '))
             table.add_row(stage, label, f'{rows[key]:.2f}')
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)  # KiB on Linux
-    table.add_row('process', 'peak RSS (GiB)', f'{peak:.2f}')
+        if isinstance((data.get(stage) or {}).get('peak_rss_gib'), (int, float)):
+            table.add_row(stage, 'peak RSS so far (GiB)', f"{data[stage]['peak_rss_gib']:.2f}")
+    table.add_row('process', 'peak RSS (GiB)', f'{peak_rss() / (1 << 30):.2f}')
     if wall is not None:
         table.add_row('tool', 'wall', f'{wall:.2f}')
     return table

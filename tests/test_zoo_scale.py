@@ -351,3 +351,23 @@ def test_zoo_pass_skips_the_blocks_over_the_budget_alone(tiny_reference, monkeyp
         ctx.build([f'{out}:0'] + [c.id for c in full.tables.candidates if c.model != out][1:])
     full.close()
     ctx.close()
+
+
+def test_timings_give_every_step_and_the_peak_memory_per_stage(tiny_reference):
+    """timings.json (what the tools' end table and benchmarks/zoo_scale.py read): the seconds of each step and,
+    per stage, the process's peak resident size at its end (one process ran both: never decreasing)."""
+    from rich.console import Console
+
+    from dery.cli import stage_time_table
+    data = json.load(open(osp.join(tiny_reference, 'timings.json')))
+    part, asm = data['partition'], data['assemble']
+    for key in ('similarity_capture_seconds', 'similarity_build_seconds', 'total_seconds'):
+        assert part[key] > 0
+    for key in ('zoo_pass_forward_seconds', 'proxy_score_seconds', 'ilp_seconds', 'total_seconds'):
+        assert asm[key] > 0
+    assert 0.2 < part['peak_rss_gib'] <= asm['peak_rss_gib'] < 8  # torch alone is ~0.5 GiB
+    console = Console(width=160, record=True, file=open(os.devnull, 'w'))
+    console.print(stage_time_table(tiny_reference, ('partition', 'assemble'), wall=1.0))
+    text = console.export_text()
+    assert text.count('peak RSS so far (GiB)') == 2 and f"{asm['peak_rss_gib']:.2f}" in text
+    assert 'zoo pass forward' in text and 'proxy evaluations' in text

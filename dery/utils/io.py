@@ -107,10 +107,14 @@ def record_timings(work_dir, stage, **values):
     """Merge wall-clock figures of ``stage`` into ``WORK_DIR/timings.json``.
 
     Timings live beside, not inside, ``partition.json`` and ``assembly.json``
-    so that those stay byte-identical for the same config and seed.
+    so that those stay byte-identical for the same config and seed. Each
+    stage's record also gets ``peak_rss_gib``: the writing process's peak
+    resident size so far (the stages of one tool run in one process, so a
+    later stage's figure is the larger of its own peak and the earlier ones').
     """
+    from .memory import peak_rss
     data = load_timings(work_dir)
-    data[stage] = values
+    data[stage] = dict(values, peak_rss_gib=round(peak_rss() / (1 << 30), 3))
     atomic_save_json(data, osp.join(work_dir, 'timings.json'), sort_keys=True)
 
 

@@ -15,7 +15,7 @@ not glibc.
 """
 import gc
 
-__all__ = ['trim_memory', 'trim_heap']
+__all__ = ['trim_memory', 'trim_heap', 'peak_rss']
 
 
 def _libc():
@@ -44,3 +44,18 @@ def trim_memory():
     """
     gc.collect()
     trim_heap()
+
+
+def peak_rss():
+    """This process's peak resident size so far, in bytes (Linux ``VmHWM``; elsewhere ``ru_maxrss``)."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == 'darwin' else peak * 1024)  # bytes on macOS, KiB elsewhere
