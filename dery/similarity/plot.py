@@ -9,6 +9,7 @@
 import multiprocessing as mp
 import os.path as osp
 import signal
+import sys
 
 import numpy as np
 
@@ -117,9 +118,9 @@ def save_plots(result, work_dir, pairs=True, symmetric=True, on_file=None, worke
     Symmetric metrics get one file per unordered pair (``a`` before ``b`` in
     zoo order, self pairs included); others one per ordered pair.
     ``on_file()`` is called after each file (progress bars).
-    ``workers``: processes drawing the pair heatmaps (None: the cores this
-    process may use, at most 8; 1: here). matplotlib draws on one core, and a
-    zoo of 24 models has 300 pair files.
+    ``workers``: forked processes drawing the pair heatmaps, on Linux (None:
+    the cores this process may use, at most 8; 1: here). matplotlib draws on
+    one core, and a zoo of 24 models has 300 pair files.
     Returns the written paths.
     """
     paths = []
@@ -154,12 +155,12 @@ def _worker_init():
 
 def _draw_all(jobs, workers):
     """The paths of ``jobs`` as their files are written: in a pool of forked processes when there
-    are enough files and cores (forked: the workers import nothing), else one after the other."""
+    are enough files and cores, on Linux (forked: the workers import nothing), else one after the other."""
     if workers is None:
         from dery.utils.dist import available_cores
         workers = min(8, available_cores())
     workers = min(int(workers), len(jobs) // 8)
-    if workers < 2 or 'fork' not in mp.get_all_start_methods():
+    if workers < 2 or not sys.platform.startswith('linux'):  # fork is unsafe on macOS, absent on Windows
         yield from map(_pair_job, jobs)
         return
     pool = mp.get_context('fork').Pool(workers, initializer=_worker_init)
