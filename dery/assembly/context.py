@@ -211,7 +211,7 @@ class AssemblyContext:
         n = int(self.opts['stitch_samples'])
         g = torch.Generator().manual_seed(seed)  # the unit draws of the surrogate, in model and node order
         store = FeatureStore(self.work_dir) if lstsq else None
-        scores = {}
+        scores, no_forward = {}, []
         build_s = forward_s = 0.0
         task = prog.add('assemble: zoo pass (surrogate scores, stitch features)', len(part.models))
         for name, mb in part.models.items():
@@ -239,6 +239,8 @@ class AssemblyContext:
             for x in card.nodes:
                 kernels.draw(x, math.prod(card.shapes(x)[1]))
             wanted = [x for x in card.nodes if x in scored or x in ends]
+            if not wanted:
+                no_forward.append(name)
             rows = [0]
 
             def on_output(node, out, kernels=kernels, kept=kept, rows=rows, scored=scored):
@@ -267,22 +269,20 @@ class AssemblyContext:
             prog.advance(task)
         self.times.update(zoo_pass_build_seconds=build_s, zoo_pass_forward_seconds=forward_s)
         if self.unscored:
-            skipped = [m for m, mb in part.models.items()
-                       if all(f'{m}:{j}' in self.unscored for j in range(len(mb.blocks)))]
             get_logger().info(f'assemble: {len(self.unscored)} of {len(scores) + len(self.unscored)} blocks are over '
-                              f'the budget on their own (no surrogate score); {len(skipped)} models ran no forward'
-                              + (f' ({", ".join(skipped)})' if skipped else ''))
+                              f'the budget on their own (no surrogate score); {len(no_forward)} models ran no forward'
+                              + (f' ({", ".join(no_forward)})' if no_forward else ''))
         return scores, store
 
     def _fits_alone(self, card, block):
         """False when ``block`` alone is over the budget's max params (or max FLOPs, at the native
         resolution: under ``'chain'`` a block's FLOPs depend on the size it runs at). Every other part of
         an assembly (blocks, stitches, stem, head) adds to its cost, so such a block is in none."""
-        s, e = card.index(block.start), card.index(block.end)
         hi_params, hi_flops = self.budget['params'][1], self.budget['flops'][1]
-        if hi_params is not None and card.params(s, e) > hi_params:
+        if hi_params is not None and card.params(block.start, block.end) > hi_params:
             return False
-        return not (hi_flops is not None and self.opts['resolution'] != 'chain' and card.flops(s, e) > hi_flops)
+        return not (hi_flops is not None and self.opts['resolution'] != 'chain'
+                    and card.flops(block.start, block.end) > hi_flops)
 
     def _release(self, name):
         if self.release and name in self._ours:

@@ -17,6 +17,7 @@ import zipfile
 import torch
 
 from dery.errors import CheckpointError, ConfigError, MissingFileError
+from .memory import peak_rss
 
 
 def _default_mode():
@@ -112,7 +113,6 @@ def record_timings(work_dir, stage, **values):
     resident size so far (the stages of one tool run in one process, so a
     later stage's figure is the larger of its own peak and the earlier ones').
     """
-    from .memory import peak_rss
     data = load_timings(work_dir)
     data[stage] = dict(values, peak_rss_gib=round(peak_rss() / (1 << 30), 3))
     atomic_save_json(data, osp.join(work_dir, 'timings.json'), sort_keys=True)
